@@ -1,0 +1,1 @@
+"""Runnable experiments of lwf_jax: configs, protocols and their reports."""

@@ -1,0 +1,21 @@
+r"""A seconds-long variant of ``mnist_to_uci`` for tests: less data, fewer epochs.
+
+Run:
+  python -m experiments.main --config=experiments/configs/mnist_to_uci_smoke.py \
+      --workdir=workdir/mnist_to_uci_smoke
+"""
+
+from experiments.configs import mnist_to_uci
+
+
+def get_config():
+  config = mnist_to_uci.get_config()
+  config.model = "mlp_tiny"
+  config.old_task.max_train_per_class = 40
+  config.new_task.max_train_per_class = 40
+  config.batch_size = 32
+  config.original.num_epochs = 8
+  config.original.learning_rate = 0.1
+  config.warmup.num_epochs = 2
+  config.train.num_epochs = 3
+  return config

@@ -1,0 +1,45 @@
+"""Networks on disk: variables and JSON metadata in one orbax checkpoint.
+
+Orbax writes into a temporary directory and renames it when complete, so a
+checkpoint directory either holds a whole checkpoint or does not exist; arrays are
+stored with TensorStore and metadata as JSON, so loading never executes code.
+"""
+
+import os
+from typing import Any
+
+import orbax.checkpoint as ocp
+
+from lwf_jax import models
+
+
+def save(directory: str, variables: models.Variables, metadata: dict[str, Any]) -> None:
+  """Writes ``variables`` and JSON-serialisable ``metadata`` to a new ``directory``."""
+  directory = os.path.abspath(directory)
+  if os.path.exists(directory):
+    raise FileExistsError(f"refusing to overwrite the checkpoint at {directory}")
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+    checkpointer.save(
+      directory,
+      ocp.args.Composite(
+        variables=ocp.args.StandardSave(variables),
+        metadata=ocp.args.JsonSave(metadata),
+      ),
+    )
+
+
+def load(directory: str) -> tuple[models.Variables, dict[str, Any]]:
+  """Reads ``(variables, metadata)`` written by :func:`save`."""
+  directory = os.path.abspath(directory)
+  try:
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+      restored = checkpointer.restore(
+        directory,
+        ocp.args.Composite(
+          variables=ocp.args.StandardRestore(),
+          metadata=ocp.args.JsonRestore(),
+        ),
+      )
+  except Exception as error:
+    raise ValueError(f"cannot read the checkpoint at {directory}: {error}") from error
+  return dict(restored["variables"]), dict(restored["metadata"])

