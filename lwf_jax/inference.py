@@ -1,13 +1,14 @@
-"""Inference-mode passes over a whole split: recording old heads' outputs, evaluation.
+"""Inference-mode passes over a whole split: recording outputs, evaluation.
 
 Inference mode means dropout off and BatchNorm on its running statistics; nothing
-in the network's variables is read for update or written. The split is cut into
-fixed-size batches, the last one padded, so one compiled program serves every
-batch; padding rows are dropped before anything is returned.
+in the network's variables is updated. The split is cut into fixed-size batches,
+the last one padded, so one compiled program serves every batch; padding rows are
+dropped before anything is returned.
 """
 
 import functools
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -15,20 +16,27 @@ import numpy as np
 from lwf_jax import metrics, models, tasks
 
 
+class Prediction(NamedTuple):
+  """Outputs of the network for a split, row ``i`` for image ``i``."""
+
+  logits: dict[str, np.ndarray]  # {head: [n, classes]}
+  features: np.ndarray  # [n, features], the trunk's output
+
+
 @functools.partial(jax.jit, static_argnames="model")
 def _inference_step(variables, images, *, model):
-  logits, _ = models.head_logits(model, variables, images, train=False)
-  return logits
+  out = models.forward(model, variables, images, train=False)
+  return out.logits, out.features
 
 
-def predict_logits(
+def predict(
   model: models.MultiHeadNet,
   variables: models.Variables,
   images: np.ndarray,
   *,
   batch_size: int,
-) -> dict[str, np.ndarray]:
-  """Every head's logits for ``images``, in inference mode.
+) -> Prediction:
+  """Every head's logits and the shared features for ``images``, in inference mode.
 
   Args:
     model: the network.
@@ -37,9 +45,14 @@ def predict_logits(
     batch_size: examples per compiled pass.
 
   Returns:
-    ``{head: [n, classes]}`` float32 NumPy arrays, row ``i`` for ``images[i]``.
+    The prediction, as float32 NumPy arrays.
   """
   num_examples = len(images)
+  if num_examples == 0 or batch_size < 1:
+    raise ValueError(
+      f"need images and a batch size >= 1, got {num_examples} images and batch "
+      f"size {batch_size}"
+    )
   batch_size = min(batch_size, num_examples)
   num_batches = -(-num_examples // batch_size)
   padding = num_batches * batch_size - num_examples
@@ -52,10 +65,14 @@ def predict_logits(
     )
     for i in range(num_batches)
   ]
-  return {
-    head: np.concatenate([np.asarray(out[head]) for out in outputs])[:num_examples]
-    for head, _ in model.head_sizes
-  }
+  outputs = jax.device_get(outputs)
+  return Prediction(
+    logits={
+      head: np.concatenate([logits[head] for logits, _ in outputs])[:num_examples]
+      for head in model.head_names
+    },
+    features=np.concatenate([features for _, features in outputs])[:num_examples],
+  )
 
 
 def record_outputs(
@@ -78,13 +95,12 @@ def record_outputs(
   Returns:
     ``{head: [n, classes]}`` recorded logits, row ``i`` for ``images[i]``.
   """
-  unknown = sorted(set(heads) - set(dict(model.head_sizes)))
+  unknown = sorted(set(heads) - set(model.head_names))
   if unknown:
     raise ValueError(
-      f"cannot record heads {unknown}: the network has "
-      f"{[name for name, _ in model.head_sizes]}"
+      f"cannot record heads {unknown}: the network has {model.head_names}"
     )
-  logits = predict_logits(model, variables, images, batch_size=batch_size)
+  logits = predict(model, variables, images, batch_size=batch_size).logits
   return {head: logits[head] for head in heads}
 
 
@@ -94,7 +110,21 @@ def evaluate(
   task: tasks.Task,
   *,
   batch_size: int,
-) -> float:
-  """Test accuracy of ``task``'s own head (task-incremental: the task is known)."""
-  logits = predict_logits(model, variables, task.test["image"], batch_size=batch_size)
-  return metrics.accuracy(logits[task.name], task.test["label"])
+) -> dict[str, float]:
+  """Test accuracy of ``task`` in both scenarios.
+
+  Returns:
+    ``{'task_il': ..., 'class_il': ...}``: task-incremental accuracy (the task is
+    known, its own head decides) and class-incremental accuracy (the task is
+    unknown: the argmax over every head's classes must be this task's class).
+  """
+  if task.name not in model.head_names:
+    raise ValueError(
+      f"no head for task {task.name!r}; the network has {model.head_names}"
+    )
+  logits = predict(model, variables, task.test["image"], batch_size=batch_size).logits
+  labels = task.test["label"]
+  return {
+    "task_il": metrics.accuracy(logits[task.name], labels),
+    "class_il": metrics.class_incremental_accuracy(logits, task.name, labels),
+  }

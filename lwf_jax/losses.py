@@ -10,14 +10,62 @@ References:
 """
 
 from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 
-def _masked(values: jax.Array, where: ArrayLike | None) -> jax.Array:
-  return values if where is None else jnp.where(where, values, 0.0)
+def _float(x: ArrayLike) -> jax.Array:
+  """At least float32: half-precision logits are upcast, losses are float32."""
+  x = jnp.asarray(x)
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _check_logits(logits: jax.Array, name: str = "logits") -> None:
+  if logits.ndim != 2:
+    raise ValueError(f"{name} must be [batch, classes], got shape {logits.shape}")
+
+
+def _check_batch(array: jax.Array, batch: int, name: str) -> None:
+  if array.shape[:1] != (batch,):
+    raise ValueError(f"{name} must have {batch} rows, got shape {array.shape}")
+
+
+def _mask(where: ArrayLike | None, batch: int) -> jax.Array | None:
+  if where is None:
+    return None
+  where = jnp.asarray(where, bool)
+  if where.shape != (batch,):
+    raise ValueError(f"where must be [{batch}] booleans, got shape {where.shape}")
+  return where
+
+
+def _select_rows(where: jax.Array | None, values: jax.Array, fill=0) -> jax.Array:
+  """Rows of ``values`` where ``where`` holds, ``fill`` elsewhere.
+
+  Applied to inputs as well as outputs: a masked row may hold anything (padding,
+  NaN, an out-of-range label) and must not reach the gradient as NaN.
+  """
+  if where is None:
+    return values
+  return jnp.where(where.reshape(-1, *[1] * (values.ndim - 1)), values, fill)
+
+
+def _pair(
+  current: ArrayLike, recorded: ArrayLike, where: ArrayLike | None, name="logits"
+) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+  """Checked, masked current values and recorded values without gradient."""
+  current, recorded = _float(current), jax.lax.stop_gradient(_float(recorded))
+  _check_logits(current, name)
+  if recorded.shape != current.shape:
+    raise ValueError(
+      f"recorded {name} of shape {recorded.shape} do not match the current "
+      f"{name} of shape {current.shape}"
+    )
+  where = _mask(where, current.shape[0])
+  return _select_rows(where, current), _select_rows(where, recorded), where
 
 
 def cross_entropy(
@@ -27,15 +75,17 @@ def cross_entropy(
 
   .. math:: \ell = \log \sum_j \exp(z_j - z_y)
 
-  Subtracting the label's own logit first keeps the value exact where
-  ``logsumexp(z) - z_y`` loses it to rounding (logits ``[1e8, 1e8]`` give ln 2,
-  not 0).
+  computed from the differences ``d = z - z_y``, never from ``logsumexp(z) - z_y``,
+  which loses the value to rounding (logits ``[1e8, 1e8]`` give ln 2, not 0); and
+  as ``log1p`` of the other classes' terms when the label's logit is the largest,
+  so a small loss stays exact (logits ``[0, 30]``, label 1: ``9.36e-14``, not 0).
 
   Args:
-    logits: ``[batch, num_classes]`` unnormalised scores of one head.
+    logits: ``[batch, num_classes]`` finite unnormalised scores of one head.
     labels: ``[batch]`` integers in ``[0, num_classes)``; not checked here (XLA
       cannot raise), so validate them before training (``lwf_jax.tasks`` does).
-    where: optional ``[batch]`` booleans; masked-out examples give 0.
+    where: optional ``[batch]`` booleans; masked-out examples give 0 and no
+      gradient, whatever their logits and labels.
 
   Returns:
     ``[batch]`` losses.
@@ -44,9 +94,28 @@ def cross_entropy(
   >>> print(cross_entropy(jnp.array([[1e8, 1e8]]), jnp.array([1])))
   [0.6931472]
   """
-  logits = jnp.asarray(logits)
-  label_logits = jnp.take_along_axis(logits, jnp.asarray(labels)[:, None], axis=-1)
-  return _masked(jax.nn.logsumexp(logits - label_logits, axis=-1), where)
+  logits, labels = _float(logits), jnp.asarray(labels)
+  _check_logits(logits)
+  _check_batch(labels, logits.shape[0], "labels")
+  if labels.ndim != 1:
+    raise ValueError(f"labels must be [batch], got shape {labels.shape}")
+  where = _mask(where, logits.shape[0])
+  logits, labels = _select_rows(where, logits), _select_rows(where, labels)
+  differences = logits - jnp.take_along_axis(logits, labels[:, None], axis=-1)
+  is_label = jax.nn.one_hot(labels, logits.shape[-1], dtype=bool)
+  # The value does not depend on the shift, so neither does the gradient.
+  largest = jax.lax.stop_gradient(jnp.max(differences, axis=-1))
+  shifted = jnp.exp(differences - largest[:, None])
+  general = largest + jnp.log(
+    jnp.sum(jnp.where(is_label, 0.0, shifted), axis=-1) + jnp.exp(-largest)
+  )
+  # Where the label's logit is the largest, all differences are <= 0; clearing
+  # positive ones only keeps the unused branch finite. (jnp.minimum would halve the
+  # gradient at a tie; testing ``<= 0`` would turn NaN into a finite loss.)
+  others = jnp.exp(jnp.where(differences > 0, 0.0, differences))
+  small = jnp.log1p(jnp.sum(jnp.where(is_label, 0.0, others), axis=-1))
+  loss = jnp.where(largest > 0, general, small)
+  return _select_rows(where, loss, 0.0)
 
 
 def distillation_loss(
@@ -91,12 +160,15 @@ def distillation_loss(
   References:
     Li & Hoiem 2017, Eq. 2-4; Hinton et al. 2015.
   """
-  targets = jax.nn.softmax(jax.lax.stop_gradient(recorded_logits) / temperature)
-  log_probs = jax.nn.log_softmax(jnp.asarray(logits) / temperature)
-  loss = -jnp.sum(targets * log_probs, axis=-1)
+  logits, recorded_logits, where = _pair(logits, recorded_logits, where)
+  targets = jax.nn.softmax(recorded_logits / temperature)
+  log_probs = jax.nn.log_softmax(logits / temperature)
+  # A target of exactly 0 contributes 0 even where the current log-probability is
+  # -inf (0 * log 0 := 0), never NaN.
+  loss = -jnp.sum(jnp.where(targets > 0, targets * log_probs, 0.0), axis=-1)
   if scale_by_temperature_squared:
     loss = loss * temperature**2
-  return _masked(loss, where)
+  return _select_rows(where, loss, 0.0)
 
 
 def distillation_kl(
@@ -123,12 +195,15 @@ def distillation_kl(
   Returns:
     ``[batch]`` divergences, ``>= 0``.
   """
-  log_targets = jax.nn.log_softmax(jax.lax.stop_gradient(recorded_logits) / temperature)
-  log_probs = jax.nn.log_softmax(jnp.asarray(logits) / temperature)
+  logits, recorded_logits, where = _pair(logits, recorded_logits, where)
+  log_targets = jax.nn.log_softmax(recorded_logits / temperature)
+  log_probs = jax.nn.log_softmax(logits / temperature)
   targets = jnp.exp(log_targets)
   # A recorded probability of exactly 0 contributes 0 (0 * log 0 := 0), never NaN.
   terms = jnp.where(targets > 0, targets * (log_targets - log_probs), 0.0)
-  return _masked(jnp.sum(terms, axis=-1), where)
+  # Rounding can leave a divergence of exactly matching outputs at -1e-12.
+  kl = jnp.maximum(jnp.sum(terms, axis=-1), 0.0)
+  return _select_rows(where, kl, 0.0)
 
 
 def lwf_objective(
@@ -170,17 +245,70 @@ def lwf_objective(
       f"old heads {sorted(old_logits)} and recorded heads "
       f"{sorted(recorded_old_logits)} differ"
     )
-  loss = cross_entropy(new_logits, labels)
+  loss = cross_entropy(new_logits, labels, where=where)
   for head, recorded in recorded_old_logits.items():
     if jnp.shape(old_logits[head]) != jnp.shape(recorded):
       raise ValueError(
         f"head {head!r}: logits of shape {jnp.shape(old_logits[head])} but "
         f"recorded logits of shape {jnp.shape(recorded)}"
       )
+    _check_batch(jnp.asarray(recorded), loss.shape[0], f"head {head!r}'s logits")
     loss = loss + lambda_old * distillation_loss(
       old_logits[head],
       recorded,
       temperature=temperature,
       scale_by_temperature_squared=scale_by_temperature_squared,
+      where=where,
     )
-  return _masked(loss, where)
+  return loss
+
+
+def feature_distance(
+  features: ArrayLike,
+  recorded_features: ArrayLike,
+  *,
+  where: ArrayLike | None = None,
+) -> jax.Array:
+  r"""Squared Euclidean distance between current and recorded shared features.
+
+  .. math:: \| f(x) - f_{old}(x) \|_2^2
+
+  The penalty of Less-Forgetting Learning (Jung et al., 2016), which keeps the
+  last shared layer's activations close to the original network's. No gradient
+  reaches the recorded features.
+
+  Args:
+    features: ``[batch, features]`` current trunk outputs.
+    recorded_features: ``[batch, features]`` the original network's trunk outputs.
+    where: optional ``[batch]`` booleans; masked-out examples give 0.
+
+  Returns:
+    ``[batch]`` distances.
+
+  >>> import jax.numpy as jnp
+  >>> print(feature_distance(jnp.array([[1.0, 2.0]]), jnp.array([[0.0, 0.0]])))
+  [5.]
+  """
+  features, recorded_features, where = _pair(
+    features, recorded_features, where, name="features"
+  )
+  return _select_rows(where, jnp.sum((features - recorded_features) ** 2, axis=-1), 0.0)
+
+
+def weight_distance(params: Any, reference_params: Any) -> jax.Array:
+  r"""Squared Euclidean distance between two parameter trees, a scalar.
+
+  .. math:: \sum_\ell \| \theta_\ell - \theta^{ref}_\ell \|_2^2
+
+  The "L2 soft-constrained weights" alternative of the LwF paper (Sec. 4.3):
+  a penalty on moving the shared parameters away from the original network's.
+  No gradient reaches the reference.
+
+  >>> import jax.numpy as jnp
+  >>> print(weight_distance({"w": jnp.array([1.0, 2.0])}, {"w": jnp.zeros(2)}))
+  5.0
+  """
+  squares = jax.tree.map(
+    lambda p, r: jnp.sum((p - jax.lax.stop_gradient(r)) ** 2), params, reference_params
+  )
+  return sum(jax.tree.leaves(squares), start=jnp.zeros(()))

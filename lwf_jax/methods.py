@@ -1,29 +1,32 @@
-"""Ways to add a task to a trained network: LwF and the paper's baselines.
+"""Ways to add a task to a trained network: LwF, its variants and the baselines.
 
 Every method adds a task the same way, as the paper does for LwF:
 
-1. record: if the method distills, run the network once over the new task's
-   training images in inference mode and keep every old head's logits with their
-   images;
+1. record: if the method needs them, run the network once over the new task's
+   training images in inference mode and keep every old head's logits (LwF) or
+   the shared features (LFL) with their images;
 2. grow: add a randomly initialised head for the new task;
 3. warm up: train the new head alone, with the trunk and old heads frozen, on the
-   new task's loss (the paper's warm-up; feature extraction is exactly this);
+   new task's loss (the paper's warm-up);
 4. train: the method's trainable parameters on its objective.
 
 Methods differ only in data: which parameters train in step 4 (regular expressions
-over parameter paths), whether old heads are distilled, and whether old data are
-used.
+over parameter paths), which loss terms are on, and whether old data are used.
 """
 
 import dataclasses
+import math
 import re
 from collections.abc import Sequence
 
 import jax
+import numpy as np
+from flax import linen as nn
 
-from lwf_jax import inference, models, tasks, train
+from lwf_jax import inference, models, optim, tasks, train
 
 NEW_HEAD = "heads/{new}/"  # ``{new}`` is replaced by the new task's escaped name
+TRUNK_AND_NEW_HEAD = ("trunk/", NEW_HEAD)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,34 +37,76 @@ class Method:
     description: one line for tables and listings.
     trainable: regular expressions over parameter paths that train after the
       warm-up; ``{new}`` stands for the new task's head.
-    distill: record the old heads' outputs and add their distillation loss.
+    teacher: where the old heads' distillation targets come from: ``None`` (no
+      distillation), ``'recorded'`` (recorded once before training, the paper's
+      LwF) or ``'online'`` (the old network run on every batch).
+    warmup: train the new head alone first.
     old_data: also train each old head on its own task's training data.
+    feature_penalty: keep the shared features close to the recorded ones (LFL).
+    weight_penalty: keep the trunk's weights close to the old network's (L2).
+    temperature_squared: scale the distillation loss by T**2 whatever the recipe.
+    new_head_layers: hidden layers in the new head, each as wide as the trunk's
+      features (the paper's two-layer head for feature extraction has one).
   """
 
   description: str
   trainable: tuple[str, ...]
-  distill: bool = False
+  teacher: str | None = None
+  warmup: bool = True
   old_data: bool = False
+  feature_penalty: bool = False
+  weight_penalty: bool = False
+  temperature_squared: bool = False
+  new_head_layers: int = 0
 
 
+LWF = Method(
+  "LwF: new-task loss + distillation of the recorded old-head outputs",
+  trainable=(".*",),
+  teacher="recorded",
+)
 METHODS: dict[str, Method] = {
-  "lwf": Method(
-    "LwF: new-task loss + distillation of the recorded old-head outputs",
-    trainable=(".*",),
-    distill=True,
+  "lwf": LWF,
+  "lwf_no_warmup": dataclasses.replace(
+    LWF, description="LwF without the warm-up (paper Table 2b)", warmup=False
+  ),
+  "lwf_online": dataclasses.replace(
+    LWF,
+    description="LwF with an online teacher: old outputs computed on every batch",
+    teacher="online",
+  ),
+  "lwf_t2": dataclasses.replace(
+    LWF,
+    description="LwF with the distillation loss scaled by T^2 (Hinton et al.)",
+    temperature_squared=True,
   ),
   "fine_tuning": Method(
     "Fine-tuning: shared trunk and new head trained, old heads fixed",
-    trainable=("trunk/", NEW_HEAD),
+    trainable=TRUNK_AND_NEW_HEAD,
+  ),
+  "fine_tuning_fc": Method(
+    "Fine-tune FC: conv layers and old heads fixed, fc layers and new head trained",
+    trainable=("trunk/fc", NEW_HEAD),
   ),
   "feature_extraction": Method(
-    "Feature extraction: trunk and old heads frozen, only the new head trained",
+    "Feature extraction: trunk and old heads frozen, a two-layer new head trained",
     trainable=(NEW_HEAD,),
+    new_head_layers=1,
   ),
   "joint": Method(
     "Joint training: all parameters, on old and new data, each head on its own",
     trainable=(".*",),
     old_data=True,
+  ),
+  "lfl": Method(
+    "LFL: fine-tuning + L2 distance of the shared features to the recorded ones",
+    trainable=TRUNK_AND_NEW_HEAD,
+    feature_penalty=True,
+  ),
+  "l2_soft": Method(
+    "L2 soft constraint: fine-tuning + L2 distance of the trunk to the old trunk",
+    trainable=TRUNK_AND_NEW_HEAD,
+    weight_penalty=True,
   ),
 }
 
@@ -81,32 +126,58 @@ class Schedule:
   learning_rate: float
 
   def __post_init__(self):
-    if self.num_epochs < 0:
-      raise ValueError(f"num_epochs must be >= 0, got {self.num_epochs}")
-    if not self.learning_rate > 0:
-      raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+    _check_count("num_epochs", self.num_epochs, minimum=0)
+    if not 0 < self.learning_rate < math.inf:
+      raise ValueError(
+        f"learning_rate must be finite and > 0, got {self.learning_rate}"
+      )
 
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-  """Everything about training that is neither the network nor the data."""
+  """Everything about training that is neither the network nor the data.
+
+  ``objective`` holds the strengths of every loss term; each method switches on
+  the terms it uses (LwF's distillation, LFL's feature penalty, the L2 weight
+  penalty).
+  """
 
   warmup: Schedule
   main: Schedule
   batch_size: int = 64
+  optimizer: str = "sgd"
   momentum: float = 0.9
   weight_decay: float = 5e-4
   objective: train.Objective = dataclasses.field(default_factory=train.Objective)
   inference_batch_size: int = 500
 
   def __post_init__(self):
-    for name in ("batch_size", "inference_batch_size"):
-      if getattr(self, name) <= 0:
-        raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+    _check_count("batch_size", self.batch_size, minimum=1)
+    _check_count("inference_batch_size", self.inference_batch_size, minimum=1)
+    if self.optimizer not in optim.OPTIMIZERS:
+      raise ValueError(
+        f"unknown optimizer {self.optimizer!r}; valid optimizers: "
+        f"{', '.join(optim.OPTIMIZERS)}"
+      )
     if not 0 <= self.momentum < 1:
       raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-    if self.weight_decay < 0:
-      raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+    if not 0 <= self.weight_decay < math.inf:
+      raise ValueError(f"weight_decay must be finite and >= 0, got {self.weight_decay}")
+
+  def stage_objective(
+    self, method: Method, old_heads: Sequence[str]
+  ) -> train.Objective:
+    """The objective of ``method``'s main stage: its loss terms on, others off."""
+    objective = self.objective
+    return dataclasses.replace(
+      objective,
+      scale_by_temperature_squared=(
+        objective.scale_by_temperature_squared or method.temperature_squared
+      ),
+      online_heads=tuple(old_heads) if method.teacher == "online" else (),
+      lambda_features=objective.lambda_features if method.feature_penalty else 0.0,
+      lambda_weights=objective.lambda_weights if method.weight_penalty else 0.0,
+    )
 
 
 def train_stage(
@@ -119,16 +190,21 @@ def train_stage(
   recipe: Recipe,
   rng: jax.Array,
   desc: str,
+  objective: train.Objective | None = None,
+  reference: models.Variables | None = None,
 ) -> models.Variables:
-  """Trains the ``trainable`` leaves on ``data`` with a fresh optimizer."""
+  """Trains the ``trainable`` leaves on ``data`` with a fresh optimizer.
+
+  ``objective`` defaults to plain cross-entropy per task.
+  """
   if schedule.num_epochs == 0:
     return variables
   shuffle_rng, dropout_rng = jax.random.split(rng)
   state = train.create_train_state(
-    model,
     variables,
     trainable=trainable,
     learning_rate=schedule.learning_rate,
+    optimizer=recipe.optimizer,
     momentum=recipe.momentum,
     weight_decay=recipe.weight_decay,
     dropout_rng=dropout_rng,
@@ -137,31 +213,43 @@ def train_stage(
     state,
     data,
     model=model,
-    objective=recipe.objective,
+    objective=objective or train.Objective(),
     num_epochs=schedule.num_epochs,
     batch_size=recipe.batch_size,
     rng=shuffle_rng,
+    reference=reference,
     desc=desc,
   )
   return {"params": state.params, "batch_stats": state.batch_stats}
 
 
 def learn_first_task(
-  trunk_name: str,
+  trunk: str | nn.Module,
   task: tasks.Task,
   *,
   schedule: Schedule,
   recipe: Recipe,
   rng: jax.Array,
 ) -> tuple[models.MultiHeadNet, models.Variables]:
-  """Trains a network from scratch on one task (the paper's "original network")."""
+  """Trains a network from scratch on one task (the paper's "original network").
+
+  Args:
+    trunk: a trunk module or the name of one in ``lwf_jax.models.TRUNKS``.
+    task: the task.
+    schedule: epochs and learning rate.
+    recipe: the other settings.
+    rng: PRNG key.
+
+  Returns:
+    ``(model, variables)`` with one head, ``task.name``.
+  """
   _check_batch_size(task, recipe)
+  if isinstance(trunk, str):
+    trunk = models.make_trunk(trunk)
   init_rng, head_rng, train_rng = jax.random.split(rng, 3)
-  model, variables = models.init_trunk(
-    models.make_trunk(trunk_name), init_rng, task.image_shape
-  )
+  model, variables = models.init_trunk(trunk, init_rng, task.image_shape)
   model, variables = models.add_head(
-    model, variables, task.name, task.num_classes, head_rng
+    model, variables, models.HeadSpec(task.name, task.num_classes), head_rng
   )
   variables = train_stage(
     model,
@@ -185,6 +273,7 @@ def add_task(
   recipe: Recipe,
   rng: jax.Array,
   old_tasks: Sequence[tasks.Task] = (),
+  progress: str = "",
 ) -> tuple[models.MultiHeadNet, models.Variables]:
   """Adds ``task`` to the network with ``method`` (see the module docstring).
 
@@ -197,47 +286,68 @@ def add_task(
     rng: PRNG key for the new head and for training.
     old_tasks: the tasks of the existing heads; only read when the method uses old
       data, and then required for every head.
+    progress: a label for the progress bars, such as the method's name.
 
   Returns:
     ``(grown_model, trained_variables)``.
   """
-  old_heads = [name for name, _ in model.head_sizes]
+  old_heads = model.head_names
   _check_batch_size(task, recipe)
   if task.name in old_heads:
     raise ValueError(f"the network already has a head named {task.name!r}")
+  if task.image_shape != model.image_shape:
+    raise ValueError(
+      f"task {task.name!r} has images of shape {task.image_shape}, the network "
+      f"reads {model.image_shape}"
+    )
   old_data = {}
   if method.old_data:
+    specs = {spec.name: spec for spec in model.head_specs}
+    for old in old_tasks:
+      if old.name in specs and (
+        old.num_classes != specs[old.name].num_classes
+        or old.image_shape != model.image_shape
+      ):
+        raise ValueError(
+          f"old task {old.name!r} ({old.num_classes} classes, images "
+          f"{old.image_shape}) does not fit its head ({specs[old.name].num_classes} "
+          f"classes, images {model.image_shape})"
+        )
     old_data = {t.name: t.train for t in old_tasks if t.name in old_heads}
     missing = sorted(set(old_heads) - set(old_data))
     if missing:
       raise ValueError(f"joint training needs the data of old heads {missing}")
 
   new_split = dict(task.train)
-  if method.distill and old_heads:
-    new_split["recorded"] = inference.record_outputs(
-      model,
-      variables,
-      task.train["image"],
-      heads=old_heads,
-      batch_size=recipe.inference_batch_size,
+  if (method.teacher == "recorded" and old_heads) or method.feature_penalty:
+    recorded = inference.predict(
+      model, variables, task.train["image"], batch_size=recipe.inference_batch_size
     )
+    if method.teacher == "recorded" and old_heads:
+      new_split["recorded"] = recorded.logits
+    if method.feature_penalty:
+      new_split["recorded_features"] = recorded.features
+  needs_reference = method.teacher == "online" or method.weight_penalty
+  reference = variables if needs_reference else None
 
   head_rng, warmup_rng, main_rng = jax.random.split(rng, 3)
+  hidden = (model.trunk.num_features,) * method.new_head_layers
   model, variables = models.add_head(
-    model, variables, task.name, task.num_classes, head_rng
+    model, variables, models.HeadSpec(task.name, task.num_classes, hidden), head_rng
   )
   new_head = NEW_HEAD.replace("{new}", re.escape(task.name))
-  variables = train_stage(
-    model,
-    variables,
-    {task.name: task.train},
-    trainable=(new_head,),
-    schedule=recipe.warmup,
-    recipe=recipe,
-    rng=warmup_rng,
-    desc=f"{task.name}: warm-up",
-  )
-  variables = train_stage(
+  if method.warmup:
+    variables = train_stage(
+      model,
+      variables,
+      {task.name: task.train},
+      trainable=(new_head,),
+      schedule=recipe.warmup,
+      recipe=recipe,
+      rng=warmup_rng,
+      desc=f"{progress} {task.name}: warm-up".strip(),
+    )
+  return model, train_stage(
     model,
     variables,
     {task.name: new_split, **old_data},
@@ -245,9 +355,17 @@ def add_task(
     schedule=recipe.main,
     recipe=recipe,
     rng=main_rng,
-    desc=f"{task.name}: train",
+    desc=f"{progress} {task.name}: train".strip(),
+    objective=recipe.stage_objective(method, old_heads),
+    reference=reference,
   )
-  return model, variables
+
+
+def _check_count(name: str, value, *, minimum: int) -> None:
+  if isinstance(value, bool) or not isinstance(value, int | np.integer):
+    raise ValueError(f"{name} must be an integer, got {value!r}")
+  if value < minimum:
+    raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
 def _check_batch_size(task: tasks.Task, recipe: Recipe) -> None:

@@ -1,4 +1,11 @@
-"""Metrics computed on the host from predictions."""
+"""Metrics, computed on the host: accuracies and continual-learning summaries.
+
+The accuracy matrix ``R`` is ``[num_tasks, num_tasks]``: ``R[i, j]`` is the test
+accuracy on task ``j`` after training task ``i``; entries with ``j > i`` (tasks not
+yet seen) are NaN.
+"""
+
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -11,3 +18,85 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
       f"logits and {len(labels)} labels"
     )
   return float(np.mean(np.argmax(logits, axis=-1) == labels))
+
+
+def class_incremental_accuracy(
+  logits: Mapping[str, np.ndarray], task: str, labels: np.ndarray
+) -> float:
+  """Accuracy when the task is unknown: argmax over all heads' classes.
+
+  Args:
+    logits: ``{head: [n, classes_h]}`` for every head, in head order.
+    task: the head the examples belong to.
+    labels: ``[n]`` labels within ``task``'s head.
+
+  Returns:
+    The fraction whose overall argmax is ``task``'s output for the label.
+  """
+  heads = list(logits)
+  offset = sum(logits[h].shape[-1] for h in heads[: heads.index(task)])
+  combined = np.concatenate([logits[h] for h in heads], axis=-1)
+  return accuracy(combined, np.asarray(labels) + offset)
+
+
+def _check_matrix(matrix: np.ndarray) -> np.ndarray:
+  matrix = np.asarray(matrix, float)
+  if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+    raise ValueError(f"an accuracy matrix is square, got shape {matrix.shape}")
+  lower = np.tril(np.ones(matrix.shape, bool))
+  if np.isnan(matrix[lower]).any():
+    raise ValueError("an accuracy matrix needs R[i, j] for every j <= i")
+  return matrix
+
+
+def average_accuracy(matrix: np.ndarray) -> np.ndarray:
+  """``[T]``: after each task ``i``, the mean accuracy over tasks ``0..i``."""
+  matrix = _check_matrix(matrix)
+  return np.array([matrix[i, : i + 1].mean() for i in range(len(matrix))])
+
+
+def forgetting(matrix: np.ndarray) -> float:
+  """Average forgetting after the last task (Chaudhry et al., 2018).
+
+  For each earlier task ``j < T-1``: its best accuracy over rows ``j..T-2`` minus
+  its final accuracy ``R[T-1, j]``; averaged over those tasks. NaN for one task.
+  """
+  matrix = _check_matrix(matrix)
+  last = len(matrix) - 1
+  if last == 0:
+    return float("nan")
+  drops = [matrix[j:last, j].max() - matrix[last, j] for j in range(last)]
+  return float(np.mean(drops))
+
+
+def backward_transfer(matrix: np.ndarray) -> float:
+  """Backward transfer (Lopez-Paz & Ranzato, 2017): mean of ``R[T-1, j] - R[j, j]``.
+
+  Over earlier tasks ``j < T-1``; negative values are forgetting. NaN for one task.
+  """
+  matrix = _check_matrix(matrix)
+  last = len(matrix) - 1
+  if last == 0:
+    return float("nan")
+  return float(np.mean([matrix[last, j] - matrix[j, j] for j in range(last)]))
+
+
+def forward_transfer(matrix: np.ndarray, reference: Sequence[float]) -> float:
+  """Forward transfer against networks trained on each task alone.
+
+  Mean over tasks ``j >= 1`` of ``R[j, j] - reference[j]``, where ``reference[j]``
+  is the accuracy on task ``j`` of a network trained from scratch on it alone: how
+  much learning the earlier tasks helps (or hurts) learning task ``j``. (Lopez-Paz
+  and Ranzato's form, ``R[j-1, j]`` against chance, needs task ``j``'s head before
+  its training, which a network with one head per task does not have.)
+  NaN for one task.
+  """
+  matrix = _check_matrix(matrix)
+  reference = np.asarray(reference, float)
+  if reference.shape != (len(matrix),):
+    raise ValueError(
+      f"need one reference accuracy per task ({len(matrix)}), got {reference.shape}"
+    )
+  if len(matrix) == 1:
+    return float("nan")
+  return float(np.mean([matrix[j, j] - reference[j] for j in range(1, len(matrix))]))

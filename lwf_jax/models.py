@@ -2,22 +2,23 @@
 
 The parameter tree names its parts, so a checkpoint reads like the model::
 
-    {'trunk': {...}, 'heads': {'<task>': {'kernel': ..., 'bias': ...}, ...}}
+    {'trunk': {...}, 'heads': {'<task>': {'out': {'kernel': ..., 'bias': ...}}, ...}}
 
 A network is grown by :func:`add_head`, a pure function over that tree; every
-per-head forward pass goes through :func:`head_logits`.
+forward pass goes through :func:`forward`.
 """
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from lwf_jax import tasks
+
 Variables = dict[str, Any]  # {'params': ..., 'batch_stats': ...}
-HeadSizes = tuple[tuple[str, int], ...]  # ((task name, number of classes), ...)
 
 
 class MLPTrunk(nn.Module):
@@ -58,6 +59,12 @@ class CNNTrunk(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
     """Maps ``[batch, height, width, channels]`` images to ``[batch, features]``."""
+    smallest = 2 ** len(self.conv_features)
+    if min(images.shape[1:3]) < smallest:
+      raise ValueError(
+        f"the CNN halves images {len(self.conv_features)} times and needs at least "
+        f"{smallest}x{smallest} pixels, got {images.shape[1]}x{images.shape[2]}"
+      )
     x = images
     for i, features in enumerate(self.conv_features):
       x = nn.relu(nn.Conv(features, (3, 3), name=f"conv{i + 1}")(x))
@@ -69,25 +76,65 @@ class CNNTrunk(nn.Module):
     return x
 
 
-class Heads(nn.Module):
-  """One linear classifier per task over the shared features."""
+class HeadSpec(NamedTuple):
+  """A task's head: its name, its classes, and optional hidden layers."""
 
-  sizes: HeadSizes
+  name: str
+  num_classes: int
+  hidden_sizes: tuple[int, ...] = ()  # ReLU + dropout layers before the classifier
+
+
+class Head(nn.Module):
+  """A task's classifier: optional hidden layers (ReLU, dropout), then ``out``."""
+
+  num_classes: int
+  hidden_sizes: Sequence[int] = ()
+  dropout_rate: float = 0.5
 
   @nn.compact
-  def __call__(self, features: jax.Array) -> dict[str, jax.Array]:
-    return {name: nn.Dense(n, name=name)(features) for name, n in self.sizes}
+  def __call__(self, features: jax.Array, *, train: bool) -> jax.Array:
+    x = features
+    for i, size in enumerate(self.hidden_sizes):
+      x = nn.relu(nn.Dense(size, name=f"fc{i + 1}")(x))
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    return nn.Dense(self.num_classes, name="out")(x)
+
+
+class Heads(nn.Module):
+  """One head per task over the shared features."""
+
+  specs: tuple[HeadSpec, ...]
+
+  @nn.compact
+  def __call__(self, features: jax.Array, *, train: bool) -> dict[str, jax.Array]:
+    return {
+      spec.name: Head(spec.num_classes, spec.hidden_sizes, name=spec.name)(
+        features, train=train
+      )
+      for spec in self.specs
+    }
 
 
 class MultiHeadNet(nn.Module):
-  """A shared trunk with one head per task; returns ``{task: [batch, classes]}``."""
+  """A shared trunk with one head per task; returns ``{task: [batch, classes]}``.
+
+  The trunk's output (the shared features) is also sown as
+  ``intermediates/features``; :func:`forward` returns it.
+  """
 
   trunk: nn.Module
-  head_sizes: HeadSizes = ()
+  head_specs: tuple[HeadSpec, ...] = ()
+  image_shape: tuple[int, ...] = ()  # (height, width, channels) of one input image
+
+  @property
+  def head_names(self) -> list[str]:
+    return [spec.name for spec in self.head_specs]
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> dict[str, jax.Array]:
-    return Heads(self.head_sizes, name="heads")(self.trunk(images, train=train))
+    features = self.trunk(images, train=train)
+    self.sow("intermediates", "features", features)
+    return Heads(self.head_specs, name="heads")(features, train=train)
 
 
 TRUNKS: dict[str, Callable[..., nn.Module]] = {
@@ -116,54 +163,68 @@ def init_trunk(trunk: nn.Module, rng: jax.Array, image_shape: Sequence[int]) -> 
   Returns:
     ``(model, variables)`` with ``variables['params'] == {'trunk': ...}``.
   """
-  model = MultiHeadNet(trunk=trunk)
+  model = MultiHeadNet(trunk=trunk, image_shape=tuple(image_shape))
   variables = model.init(rng, jnp.zeros((1, *image_shape)), train=False)
-  return model, dict(variables)
+  return model, {
+    "params": variables["params"],
+    "batch_stats": variables.get("batch_stats", {}),
+  }
 
 
 def add_head(
   model: MultiHeadNet,
   variables: Variables,
-  task: str,
-  num_classes: int,
+  spec: HeadSpec,
   rng: jax.Array,
 ) -> tuple[MultiHeadNet, Variables]:
-  """Grows the network by a freshly initialised head for ``task``.
+  """Grows the network by a freshly initialised head.
 
   Pure: the returned tree shares every existing leaf with ``variables`` (so each
-  stays bit-identical) and adds ``params['heads'][task]``.
+  stays bit-identical) and adds ``params['heads'][spec.name]``.
 
   Args:
     model: the network before growth.
     variables: its variables.
-    task: name of the new head; must not exist yet.
-    num_classes: the new head's number of outputs, ``>= 2``.
+    spec: the new head; its name must be new and it needs at least 2 classes.
     rng: PRNG key for the new head's initialisation.
 
   Returns:
     ``(grown_model, grown_variables)``.
   """
-  if task in dict(model.head_sizes):
-    raise ValueError(f"the network already has a head named {task!r}")
-  if num_classes < 2:
-    raise ValueError(f"head {task!r} needs at least 2 classes, got {num_classes}")
+  spec = HeadSpec(spec.name, int(spec.num_classes), tuple(spec.hidden_sizes))
+  tasks.check_name(spec.name)
+  if spec.name in model.head_names:
+    raise ValueError(f"the network already has a head named {spec.name!r}")
+  if spec.num_classes < 2:
+    raise ValueError(
+      f"head {spec.name!r} needs at least 2 classes, got {spec.num_classes}"
+    )
   features = jnp.zeros((1, model.trunk.num_features))
-  head = nn.Dense(num_classes).init(rng, features)["params"]
+  head = Head(spec.num_classes, spec.hidden_sizes)
+  head_params = head.init(rng, features, train=False)["params"]
   params = dict(variables["params"])
-  params["heads"] = {**params.get("heads", {}), task: head}
-  grown = model.clone(head_sizes=(*model.head_sizes, (task, num_classes)))
+  params["heads"] = {**params.get("heads", {}), spec.name: head_params}
+  grown = model.clone(head_specs=(*model.head_specs, spec))
   return grown, {**variables, "params": params}
 
 
-def head_logits(
+class Forward(NamedTuple):
+  """What one forward pass gives."""
+
+  logits: dict[str, jax.Array]  # {task: [batch, classes]}
+  features: jax.Array  # [batch, features], the trunk's output
+  batch_stats: Any  # BatchNorm statistics after the pass
+
+
+def forward(
   model: MultiHeadNet,
   variables: Variables,
   images: jax.Array,
   *,
   train: bool,
   dropout_rng: jax.Array | None = None,
-) -> tuple[dict[str, jax.Array], Any]:
-  """Per-head logits of one forward pass.
+) -> Forward:
+  """Per-head logits and shared features of one forward pass.
 
   Args:
     model: the network.
@@ -174,14 +235,14 @@ def head_logits(
     dropout_rng: PRNG key, required when ``train`` and the model uses dropout.
 
   Returns:
-    ``({task: [batch, classes]}, batch_stats)``: the BatchNorm statistics updated by
-    this pass when ``train``, else unchanged.
+    The logits, the features, and the BatchNorm statistics: updated by this pass
+    when ``train``, else unchanged.
   """
   batch_stats = variables.get("batch_stats", {})
-  if not train:
-    return model.apply(variables, images, train=False), batch_stats
-  rngs = {} if dropout_rng is None else {"dropout": dropout_rng}
-  logits, updates = model.apply(
-    variables, images, train=True, rngs=rngs, mutable=["batch_stats"]
+  mutable = ["intermediates", "batch_stats"] if train else ["intermediates"]
+  rngs = {"dropout": dropout_rng} if train and dropout_rng is not None else {}
+  logits, state = model.apply(
+    variables, images, train=train, rngs=rngs, mutable=mutable
   )
-  return logits, updates.get("batch_stats", batch_stats)
+  (features,) = state["intermediates"]["features"]
+  return Forward(logits, features, state.get("batch_stats", batch_stats))

@@ -10,6 +10,7 @@ momentum or weight decay can move a frozen leaf, and its gradient is never used.
 CPU that flushes subnormals to zero, as XLA's does.
 """
 
+import functools
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -54,34 +55,49 @@ def trainable_labels(params: Any, trainable: Sequence[str]) -> Any:
   )
 
 
+OPTIMIZERS = ("sgd", "adam")
+
+
+@functools.cache
 def make_optimizer(
-  params: Any,
   *,
-  trainable: Sequence[str],
+  trainable: tuple[str, ...],
   learning_rate: float,
+  optimizer: str = "sgd",
   momentum: float = 0.9,
   weight_decay: float = 5e-4,
 ) -> optax.GradientTransformation:
-  """SGD with momentum and weight decay on the trainable leaves; the rest frozen.
+  """An optimizer for the trainable leaves; the rest frozen.
+
+  The same settings give the same optimizer object, so a compiled train step is
+  reused (not recompiled) wherever a stage repeats its settings and shapes.
 
   Args:
-    params: the parameter tree the optimizer will update.
     trainable: regular expressions over parameter paths (see
       :func:`trainable_labels`).
     learning_rate: step size.
-    momentum: heavy-ball momentum.
-    weight_decay: L2 coefficient added to the gradient of trainable leaves.
+    optimizer: ``'sgd'`` (heavy-ball momentum, as in the paper) or ``'adam'``.
+    momentum: SGD momentum; unused by Adam.
+    weight_decay: L2 coefficient added to the gradient of trainable leaves before
+      the optimizer (Caffe's weight decay; with Adam, PyTorch's ``weight_decay``).
 
   Returns:
     The optimizer.
   """
-  sgd = optax.chain(
-    optax.add_decayed_weights(weight_decay),
-    optax.sgd(learning_rate, momentum=momentum or None),
-  )
+  if optimizer not in OPTIMIZERS:
+    raise ValueError(
+      f"unknown optimizer {optimizer!r}; valid optimizers: {', '.join(OPTIMIZERS)}"
+    )
+  if optimizer == "sgd":
+    inner = optax.sgd(learning_rate, momentum=momentum or None)
+  else:
+    inner = optax.adam(learning_rate)
   return optax.multi_transform(
-    {TRAINABLE: sgd, FROZEN: optax.set_to_zero()},
-    trainable_labels(params, trainable),
+    {
+      TRAINABLE: optax.chain(optax.add_decayed_weights(weight_decay), inner),
+      FROZEN: optax.set_to_zero(),
+    },
+    functools.partial(trainable_labels, trainable=trainable),
   )
 
 

@@ -12,6 +12,7 @@ compiled: XLA cannot raise, and an out-of-range label would silently be clamped.
 import dataclasses
 from collections.abc import Sequence
 
+import jax
 import numpy as np
 
 Split = dict[str, np.ndarray]
@@ -72,11 +73,50 @@ def map_labels(labels: np.ndarray, classes: Sequence[int], *, where: str) -> np.
   return np.array([lookup[int(y)] for y in labels], dtype=np.int32)
 
 
+def check_name(name: str) -> None:
+  """Raises ``ValueError`` unless ``name`` can name a task and its head.
+
+  A name is one parameter-path segment (``heads/<name>/...``): it must be a
+  non-empty string without ``/``, or one head's freeze pattern could match another
+  head's parameters.
+  """
+  if not isinstance(name, str) or not name or "/" in name:
+    raise ValueError(
+      f"a task name must be a non-empty string without '/', got {name!r}"
+    )
+
+
+def check_classes(classes: Sequence[int], *, where: str) -> tuple[int, ...]:
+  """The classes as distinct Python ints, at least two; else ``ValueError``."""
+  classes = tuple(classes)
+  if not all(
+    isinstance(c, int | np.integer) and not isinstance(c, bool) for c in classes
+  ):
+    raise ValueError(f"{where}: classes must be integers, got {list(classes)}")
+  classes = tuple(int(c) for c in classes)
+  if len(set(classes)) != len(classes):
+    raise ValueError(f"{where}: classes {list(classes)} repeat a class")
+  if len(classes) < 2:
+    raise ValueError(f"{where}: a head needs at least 2 classes, got {list(classes)}")
+  return classes
+
+
 def check_split(split: Split, num_classes: int, *, where: str) -> None:
-  """Raises ``ValueError`` unless ``split`` is usable for a head of ``num_classes``."""
-  images, labels = split.get("image"), split.get("label")
-  if images is None or labels is None:
-    raise ValueError(f"{where}: a split needs 'image' and 'label' arrays")
+  """Raises ``ValueError`` unless ``split`` is usable for a head of ``num_classes``.
+
+  Every array in the split, recordings included, must have one row per example.
+  """
+  if not isinstance(split.get("image"), np.ndarray) or not isinstance(
+    split.get("label"), np.ndarray
+  ):
+    raise ValueError(f"{where}: a split needs 'image' and 'label' NumPy arrays")
+  images, labels = split["image"], split["label"]
+  lengths = {
+    "/".join(str(getattr(k, "key", k)) for k in path): np.shape(leaf)[:1]
+    for path, leaf in jax.tree_util.tree_leaves_with_path(split)
+  }
+  if len(set(lengths.values())) > 1:
+    raise ValueError(f"{where}: arrays differ in length: {lengths}")
   if images.ndim != 4:
     raise ValueError(
       f"{where}: images must be [n, height, width, channels], got shape {images.shape}"
@@ -85,8 +125,6 @@ def check_split(split: Split, num_classes: int, *, where: str) -> None:
     raise ValueError(f"{where}: images must be float32, got {images.dtype}")
   if len(images) == 0:
     raise ValueError(f"{where}: the split is empty")
-  if len(labels) != len(images):
-    raise ValueError(f"{where}: {len(images)} images but {len(labels)} labels")
   if not np.isfinite(images).all():
     raise ValueError(f"{where}: images contain NaN or Inf")
   if labels.dtype != np.int32 or labels.min() < 0 or labels.max() >= num_classes:
@@ -113,16 +151,13 @@ def make_task(
   Returns:
     The task, with labels mapped into ``[0, len(classes))``.
   """
-  classes = tuple(int(c) for c in classes)
-  if len(set(classes)) != len(classes):
-    raise ValueError(f"task {name!r}: classes {list(classes)} repeat a class")
-  if len(classes) < 2:
-    raise ValueError(
-      f"task {name!r}: a head needs at least 2 classes, got {list(classes)}"
-    )
+  check_name(name)
+  classes = check_classes(classes, where=f"task {name!r}")
   mapped = {}
   for split_name, original in (("train", train), ("test", test)):
     where = f"task {name!r}, {split_name} split"
+    if "label" not in original or "image" not in original:
+      raise ValueError(f"{where}: a split needs 'image' and 'label' arrays")
     split = dict(original, label=map_labels(original["label"], classes, where=where))
     check_split(split, len(classes), where=where)
     mapped[split_name] = split

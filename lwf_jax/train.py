@@ -1,15 +1,22 @@
 """Training: the train state, the jit-compiled train step, and the epoch loop.
 
-A batch is a dict of per-task sub-batches, ``{task: {'image', 'label', and
-optionally 'recorded': {old head: logits}}}``. Each task's own head is trained on
-its own images with :func:`lwf_jax.losses.lwf_objective`, which adds the
-distillation loss of every recorded old head. That one form covers every method:
-LwF is one sub-batch with recordings, fine-tuning one without, joint training one
-sub-batch per task. All sub-batches share one forward pass.
+A batch is a dict of per-task sub-batches::
+
+    {task: {'image': [b, h, w, c], 'label': [b],
+            'recorded': {old head: [b, classes]},    # optional: LwF
+            'recorded_features': [b, features]}}     # optional: LFL
+
+Each task's own head is trained on its own images with
+:func:`lwf_jax.losses.lwf_objective`, which adds the distillation loss of every
+recorded old head. That one form covers every method: LwF is one sub-batch with
+recordings, fine-tuning one without, joint training one sub-batch per task. All
+sub-batches share one forward pass. The optional ``reference`` variables (the
+network before the new task) serve the online teacher and the weight penalty.
 """
 
 import dataclasses
 import functools
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,7 +27,7 @@ import tqdm
 from flax import struct
 from flax.training import train_state
 
-from lwf_jax import losses, models, optim
+from lwf_jax import losses, models, optim, tasks
 
 Batch = dict[str, dict[str, Any]]
 
@@ -47,27 +54,52 @@ class TrainState(train_state.TrainState):
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-  """Hyperparameters of :func:`lwf_jax.losses.lwf_objective`."""
+  """The training loss beyond each task's cross-entropy.
+
+  Attributes:
+    lambda_old: weight of each old head's distillation loss (LwF's lambda_o).
+    temperature: distillation temperature T.
+    scale_by_temperature_squared: multiply distillation losses by T**2.
+    online_heads: old heads whose targets come from the reference network run
+      on every batch (an online teacher) instead of from recordings.
+    lambda_features: weight of the shared-feature distance to the recorded
+      features (LFL).
+    lambda_weights: weight of the trunk's squared distance to the reference
+      trunk (L2 soft constraint).
+  """
 
   lambda_old: float = 1.0
   temperature: float = 2.0
   scale_by_temperature_squared: bool = False
+  online_heads: tuple[str, ...] = ()
+  lambda_features: float = 0.0
+  lambda_weights: float = 0.0
 
   def __post_init__(self):
-    if not self.temperature > 0:
-      raise ValueError(f"temperature must be > 0, got {self.temperature}")
-    if not self.lambda_old >= 0:
-      raise ValueError(f"lambda_old must be >= 0, got {self.lambda_old}")
+    if not 0 < self.temperature < math.inf:
+      raise ValueError(f"temperature must be finite and > 0, got {self.temperature}")
+    for name in ("lambda_old", "lambda_features", "lambda_weights"):
+      if not 0 <= getattr(self, name) < math.inf:
+        raise ValueError(f"{name} must be finite and >= 0, got {getattr(self, name)}")
+
+  @property
+  def distillation(self) -> dict[str, Any]:
+    """The keyword arguments of :func:`lwf_jax.losses.lwf_objective`."""
+    return {
+      "lambda_old": self.lambda_old,
+      "temperature": self.temperature,
+      "scale_by_temperature_squared": self.scale_by_temperature_squared,
+    }
 
 
 def create_train_state(
-  model: models.MultiHeadNet,
   variables: models.Variables,
   *,
   trainable: Sequence[str],
   learning_rate: float,
-  momentum: float,
-  weight_decay: float,
+  optimizer: str = "sgd",
+  momentum: float = 0.9,
+  weight_decay: float = 5e-4,
   dropout_rng: jax.Array,
 ) -> TrainState:
   """A train state with a fresh optimizer over copies of ``variables``.
@@ -76,11 +108,11 @@ def create_train_state(
   old network, shared by several runs) are never invalidated.
 
   Args:
-    model: the network.
-    variables: its variables.
+    variables: the network's variables.
     trainable: regular expressions over parameter paths that train; the rest stay
       frozen (see :mod:`lwf_jax.optim`).
-    learning_rate: SGD step size.
+    learning_rate: step size.
+    optimizer: ``'sgd'`` or ``'adam'``.
     momentum: SGD momentum.
     weight_decay: L2 coefficient.
     dropout_rng: PRNG key, folded with the step number at each step.
@@ -90,14 +122,14 @@ def create_train_state(
   """
   variables = jax.tree.map(jnp.copy, variables)
   tx = optim.make_optimizer(
-    variables["params"],
-    trainable=trainable,
+    trainable=tuple(trainable),
     learning_rate=learning_rate,
+    optimizer=optimizer,
     momentum=momentum,
     weight_decay=weight_decay,
   )
   return TrainState.create(
-    apply_fn=model.apply,
+    apply_fn=None,
     params=variables["params"],
     batch_stats=variables.get("batch_stats", {}),
     tx=tx,
@@ -109,31 +141,51 @@ def create_train_state(
 def train_step(
   state: TrainState,
   batch: Batch,
+  reference: models.Variables | None = None,
   *,
   model: models.MultiHeadNet,
   objective: Objective,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer step on ``batch``; returns the new state and scalar metrics."""
+  """One optimizer step on ``batch``; returns the new state and scalar metrics.
+
+  Args:
+    state: the train state.
+    batch: ``{task: sub-batch}`` (see the module docstring); the first task is
+      the new one, whose images an online teacher sees.
+    reference: the variables of the network before the new task, when the
+      objective has online heads or a weight penalty.
+    model: the network.
+    objective: the loss terms and their weights.
+
+  Returns:
+    ``(new state, {'loss', 'ce/<task>', 'accuracy/<task>', 'kl/<head>', ...})``.
+  """
   dropout_rng = jax.random.fold_in(state.dropout_rng, state.step)
   images = jnp.concatenate([sub["image"] for sub in batch.values()])
+  batch = _with_online_targets(batch, reference, model=model, objective=objective)
 
   def loss_fn(params):
     variables = {"params": params, "batch_stats": state.batch_stats}
-    logits, batch_stats = models.head_logits(
-      model, variables, images, train=True, dropout_rng=dropout_rng
-    )
-    per_task = _split_logits(logits, batch)
-    loss = sum(
-      losses.lwf_objective(
-        per_task[task][task],
+    out = models.forward(model, variables, images, train=True, dropout_rng=dropout_rng)
+    per_task = _split_by_task(out, batch)
+    loss = 0.0
+    for task, sub in batch.items():
+      logits, features = per_task[task]
+      recorded = sub.get("recorded", {})
+      loss += losses.lwf_objective(
+        logits[task],
         sub["label"],
-        {head: per_task[task][head] for head in sub.get("recorded", {})},
-        sub.get("recorded", {}),
-        **dataclasses.asdict(objective),
+        {head: logits[head] for head in recorded},
+        recorded,
+        **objective.distillation,
       ).mean()
-      for task, sub in batch.items()
-    )
-    return loss, (per_task, batch_stats)
+      if "recorded_features" in sub:
+        distance = losses.feature_distance(features, sub["recorded_features"])
+        loss += objective.lambda_features * distance.mean()
+    if objective.lambda_weights:
+      distance = losses.weight_distance(params["trunk"], reference["params"]["trunk"])
+      loss += objective.lambda_weights * distance
+    return loss, (per_task, out.batch_stats)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   (loss, (per_task, batch_stats)), grads = grad_fn(state.params)
@@ -143,29 +195,60 @@ def train_step(
   return state, metrics
 
 
-def _split_logits(logits: Mapping[str, jax.Array], batch: Batch) -> dict:
-  """Cuts the shared forward pass back into ``{task: {head: logits}}``."""
+def _with_online_targets(
+  batch: Batch, reference: Any, *, model: models.MultiHeadNet, objective: Objective
+) -> Batch:
+  """Adds the reference network's logits on the new task's images as targets."""
+  if not objective.online_heads:
+    return batch
+  teacher = model.clone(
+    head_specs=tuple(s for s in model.head_specs if s.name in objective.online_heads)
+  )
+  new_task, sub = next(iter(batch.items()))
+  out = models.forward(teacher, reference, sub["image"], train=False)
+  recorded = {head: jax.lax.stop_gradient(out.logits[head]) for head in out.logits}
+  return {**batch, new_task: {**sub, "recorded": recorded}}
+
+
+def _split_by_task(out: models.Forward, batch: Batch) -> dict:
+  """Cuts the shared forward pass back into ``{task: (logits, features)}``."""
   per_task, start = {}, 0
   for task, sub in batch.items():
     stop = start + len(sub["label"])
-    per_task[task] = {head: value[start:stop] for head, value in logits.items()}
+    logits = {head: value[start:stop] for head, value in out.logits.items()}
+    per_task[task] = (logits, out.features[start:stop])
     start = stop
   return per_task
 
 
 def batch_metrics(per_task: dict, batch: Batch, temperature: float) -> dict:
-  """Per-task cross-entropy and accuracy, and each recorded head's KL drift."""
+  """Per-task cross-entropy and accuracy, each recorded head's KL drift, and the
+  feature distance where features are recorded."""
   metrics = {}
   for task, sub in batch.items():
-    logits = per_task[task][task]
-    metrics[f"ce/{task}"] = losses.cross_entropy(logits, sub["label"]).mean()
-    metrics[f"accuracy/{task}"] = jnp.mean(jnp.argmax(logits, -1) == sub["label"])
+    logits, features = per_task[task]
+    metrics[f"ce/{task}"] = losses.cross_entropy(logits[task], sub["label"]).mean()
+    metrics[f"accuracy/{task}"] = jnp.mean(jnp.argmax(logits[task], -1) == sub["label"])
     for head, recorded in sub.get("recorded", {}).items():
-      kl = losses.distillation_kl(
-        per_task[task][head], recorded, temperature=temperature
-      )
+      kl = losses.distillation_kl(logits[head], recorded, temperature=temperature)
       metrics[f"kl/{head}"] = kl.mean()
+    if "recorded_features" in sub:
+      distance = losses.feature_distance(features, sub["recorded_features"])
+      metrics["feature_distance"] = distance.mean()
   return metrics
+
+
+@functools.cache
+def compiled_train_step(model: models.MultiHeadNet, objective: Objective):
+  """:func:`train_step` bound to ``model`` and ``objective``, jit-compiled once.
+
+  Cached, so that stages with the same network and objective (other seeds, other
+  methods) reuse the compiled program; the state is donated.
+  """
+  return jax.jit(
+    functools.partial(train_step, model=model, objective=objective),
+    donate_argnums=0,
+  )
 
 
 def epoch_indices(
@@ -208,6 +291,7 @@ def train(
   num_epochs: int,
   batch_size: int,
   rng: jax.Array,
+  reference: models.Variables | None = None,
   desc: str = "train",
 ) -> tuple[TrainState, dict[str, float]]:
   """Trains for ``num_epochs`` epochs of the first task in ``data``.
@@ -218,15 +302,23 @@ def train(
       one pass over the first task's examples (the last partial batch dropped);
       every other task contributes ``batch_size`` examples to each step too.
     model: the network.
-    objective: loss hyperparameters.
+    objective: the loss.
     num_epochs: passes over the first task.
     batch_size: examples per task per step.
     rng: PRNG key for shuffling.
+    reference: the network before the new task (see :func:`train_step`).
     desc: progress bar label.
 
   Returns:
     ``(state, metrics of the last step)``.
   """
+  num_classes = {spec.name: spec.num_classes for spec in model.head_specs}
+  for task, split in data.items():
+    if task not in num_classes:
+      raise ValueError(
+        f"no head for task {task!r}; the network has {list(num_classes)}"
+      )
+    tasks.check_split(split, num_classes[task], where=f"training data of {task!r}")
   sizes = {task: len(split["label"]) for task, split in data.items()}
   first = next(iter(sizes))
   steps = sizes[first] // batch_size
@@ -235,11 +327,11 @@ def train(
       f"batch size {batch_size} exceeds the {sizes[first]} training examples of "
       f"task {first!r}"
     )
+  needs_reference = objective.online_heads or objective.lambda_weights
+  if needs_reference and reference is None:
+    raise ValueError("an online teacher or a weight penalty needs reference variables")
   data = jax.device_put(data)
-  step_fn = jax.jit(
-    functools.partial(train_step, model=model, objective=objective),
-    donate_argnums=0,
-  )
+  step_fn = compiled_train_step(model, objective)
   metrics = {}
   with tqdm.tqdm(total=num_epochs * steps, desc=desc, unit="step") as bar:
     for epoch in range(num_epochs):
@@ -247,7 +339,7 @@ def train(
         jax.random.fold_in(rng, epoch), sizes, steps=steps, batch_size=batch_size
       )
       for step in range(steps):
-        state, metrics = step_fn(state, take_batch(data, indices, step))
+        state, metrics = step_fn(state, take_batch(data, indices, step), reference)
         bar.update()
       metrics = {name: float(value) for name, value in metrics.items()}
       if not np.isfinite(metrics["loss"]):

@@ -45,6 +45,9 @@ def network(trunk, tasks_, seed=0):
   model, variables = models.init_trunk(trunk, rng, tasks_[0].image_shape)
   for i, task in enumerate(tasks_):
     model, variables = models.add_head(
-      model, variables, task.name, task.num_classes, jax.random.fold_in(rng, i + 1)
+      model,
+      variables,
+      models.HeadSpec(task.name, task.num_classes),
+      jax.random.fold_in(rng, i + 1),
     )
   return model, variables

@@ -28,7 +28,7 @@ def test_recording_equals_inference_mode_apply(bn_network, batch_size):
   expected = model.apply(variables, images, train=False)
   assert set(recorded) == {"a", "b"}
   for head in ("a", "b"):
-    assert recorded[head].shape == (37, dict(model.head_sizes)[head])
+    assert recorded[head].shape == (37, {"a": 3, "b": 4}[head])
     np.testing.assert_allclose(recorded[head], expected[head], rtol=1e-6, atol=1e-6)
   assert helpers.bits(variables) == before
 
@@ -52,11 +52,25 @@ def test_recording_unknown_head_raises(bn_network):
     )
 
 
-def test_evaluate_counts_only_real_examples():
-  task = helpers.toy_task("t", num_test=10)
-  model, variables = helpers.network(models.make_trunk("mlp_tiny"), [task])
-  logits = model.apply(variables, task.test["image"], train=False)["t"]
-  expected = np.mean(np.argmax(logits, -1) == task.test["label"])
+def test_predict_gives_features_of_every_row(bn_network):
+  model, variables = bn_network
+  images = helpers.toy_task("new", num_train=37).train["image"]
+  _, state = model.apply(variables, images, train=False, mutable=["intermediates"])
+  prediction = inference.predict(model, variables, images, batch_size=10)
+  np.testing.assert_allclose(
+    prediction.features, state["intermediates"]["features"][0], rtol=1e-6, atol=1e-6
+  )
+
+
+def test_evaluate_counts_only_real_examples_in_both_scenarios():
+  a = helpers.toy_task("a", num_test=10)
+  b = helpers.toy_task("b", num_classes=4, num_test=10, seed=1)
+  model, variables = helpers.network(models.make_trunk("mlp_tiny"), [a, b])
+  logits = model.apply(variables, b.test["image"], train=False)
+  task_il = np.mean(np.argmax(logits["b"], -1) == b.test["label"])
+  combined = np.concatenate([logits["a"], logits["b"]], -1)
+  class_il = np.mean(np.argmax(combined, -1) == b.test["label"] + 3)
   for batch_size in (3, 4, 10, 64):
-    accuracy = inference.evaluate(model, variables, task, batch_size=batch_size)
-    assert accuracy == pytest.approx(expected)
+    scores = inference.evaluate(model, variables, b, batch_size=batch_size)
+    assert scores["task_il"] == pytest.approx(task_il)
+    assert scores["class_il"] == pytest.approx(class_il)

@@ -33,6 +33,36 @@ class TestCrossEntropy:
     assert value.dtype == jnp.float32
     np.testing.assert_allclose(value, [0.6931472, 0.0, 2e8], rtol=1e-7)
 
+  def test_non_finite_logits_give_non_finite_losses(self):
+    # Training detects divergence by the loss: NaN must never come out finite.
+    logits = jnp.array([[jnp.nan, 0.0, 0.0], [0.0, jnp.nan, 1.0], [jnp.inf, 0.0, 0.0]])
+    assert not np.isfinite(losses.cross_entropy(logits, jnp.array([1, 2, 1]))).any()
+    assert not np.isfinite(losses.distillation_loss(logits, jnp.zeros((3, 3)))).any()
+
+  def test_exact_for_small_losses(self):
+    # log(1 + e^-30) = 9.357623e-14, which log(sum(exp(z))) - z_y rounds to 0.
+    value = losses.cross_entropy(jnp.array([[0.0, 30.0]]), jnp.array([1]))
+    np.testing.assert_allclose(value, [9.357623e-14], rtol=1e-6)
+
+  @pytest.mark.parametrize("compiled", [False, True])
+  def test_gradient_is_softmax_minus_one_hot_everywhere(self, compiled):
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(64, 5)) * rng.choice([0.1, 3.0, 50.0], size=(64, 1))
+    logits[:8] = np.round(logits[:8])  # ties, including with the label's logit
+    logits[8:12] = 0.0
+    labels = rng.integers(0, 5, size=64)
+    fn = lambda z: losses.cross_entropy(z, labels).sum()
+    grad = (jax.jit(jax.grad(fn)) if compiled else jax.grad(fn))(
+      jnp.asarray(logits, jnp.float32)
+    )
+    expected = jax.nn.softmax(jnp.asarray(logits)) - jax.nn.one_hot(labels, 5)
+    np.testing.assert_allclose(grad, expected, atol=2e-6)
+    value = losses.cross_entropy(jnp.asarray(logits, jnp.float32), labels)
+    reference = -jax.nn.log_softmax(np.asarray(logits, np.float64))[
+      np.arange(64), labels
+    ]
+    np.testing.assert_allclose(value, reference, rtol=2e-6, atol=1e-7)
+
   def test_gradient_is_softmax_minus_one_hot(self):
     logits = jnp.array([[1.0, 2.0, 3.0]])
     grad = jax.grad(lambda z: losses.cross_entropy(z, jnp.array([0])).sum())(logits)
@@ -216,3 +246,102 @@ class TestLwfObjective:
       losses.lwf_objective(
         STUDENT, jnp.array([0]), {"a": STUDENT}, {"a": jnp.zeros((1, 4))}
       )
+
+
+LOSSES_WITH_RECORDINGS = [
+  losses.distillation_loss,
+  losses.distillation_kl,
+  losses.feature_distance,
+]
+
+
+class TestMasksAndShapes:
+  """Every loss: masked rows give 0 and no NaN gradient; bad shapes raise."""
+
+  @pytest.mark.parametrize("fn", LOSSES_WITH_RECORDINGS)
+  def test_masked_rows_of_recording_losses(self, fn):
+    current = jnp.array([[0.0, 1.0], [jnp.nan, jnp.inf]])
+    recorded = jnp.array([[1.0, 0.0], [jnp.nan, -jnp.inf]])
+    where = jnp.array([True, False])
+    value, grad = jax.value_and_grad(lambda z: fn(z, recorded, where=where).sum())(
+      current
+    )
+    unmasked = fn(current[:1], recorded[:1])
+    np.testing.assert_allclose(value, unmasked.sum(), rtol=1e-6)
+    assert np.isfinite(grad).all()
+    np.testing.assert_array_equal(grad[1], 0.0)
+
+  def test_masked_rows_of_cross_entropy_and_objective(self):
+    logits = jnp.array([[0.0, 1.0, 2.0], [jnp.nan, 0.0, jnp.inf]])
+    labels = jnp.array([1, 7])  # 7 is out of range, in a masked row
+    where = jnp.array([True, False])
+    for fn in (
+      lambda z: losses.cross_entropy(z, labels, where=where),
+      lambda z: losses.lwf_objective(z, labels, {"o": z}, {"o": z + 1}, where=where),
+    ):
+      value, grad = jax.value_and_grad(lambda z, fn=fn: fn(z).sum())(logits)
+      assert np.isfinite(value) and np.isfinite(grad).all()
+      np.testing.assert_array_equal(grad[1], 0.0)
+      assert fn(logits)[1] == 0.0
+
+  @pytest.mark.parametrize(
+    "call, message",
+    [
+      (lambda: losses.cross_entropy(jnp.zeros((3, 2)), jnp.array([1])), "3 rows"),
+      (lambda: losses.cross_entropy(jnp.zeros(3), jnp.array([1])), "batch, classes"),
+      (
+        lambda: losses.cross_entropy(jnp.zeros((2, 2)), jnp.zeros((2, 1), int)),
+        "labels must be",
+      ),
+      (
+        lambda: losses.cross_entropy(
+          jnp.zeros((2, 2)), jnp.array([0, 1]), where=jnp.ones((2, 1), bool)
+        ),
+        "where must be",
+      ),
+      (
+        lambda: losses.distillation_loss(jnp.zeros((4, 3)), jnp.zeros((1, 3))),
+        "do not match",
+      ),
+      (
+        lambda: losses.distillation_kl(jnp.zeros((4, 3)), jnp.zeros((4, 2))),
+        "do not match",
+      ),
+      (
+        lambda: losses.feature_distance(jnp.zeros((4, 3)), jnp.zeros((3,))),
+        "do not match",
+      ),
+      (
+        lambda: losses.lwf_objective(
+          jnp.zeros((2, 3)),
+          jnp.array([0, 1]),
+          {"o": jnp.zeros((1, 3))},
+          {"o": jnp.zeros((1, 3))},
+        ),
+        "2 rows",
+      ),
+    ],
+  )
+  def test_bad_shapes_raise(self, call, message):
+    with pytest.raises(ValueError, match=message):
+      call()
+
+  def test_half_precision_inputs_are_computed_in_float32(self):
+    student = jnp.array([[100.0, 0.0]], jnp.float16)
+    value = losses.distillation_loss(student, student, temperature=1e-3)
+    assert value.dtype == jnp.float32 and np.isfinite(value).all()
+    ce = losses.cross_entropy(jnp.array([[1.0, 2.0]], jnp.bfloat16), jnp.array([0]))
+    assert ce.dtype == jnp.float32
+    np.testing.assert_allclose(ce, [1.3132616], rtol=1e-6)
+
+  def test_zero_target_against_minus_infinite_current_logit(self):
+    current = jnp.array([[0.0, -jnp.inf]])
+    recorded = jnp.array([[0.0, -jnp.inf]])
+    value = losses.distillation_loss(current, recorded, temperature=1.0)
+    np.testing.assert_allclose(value, [0.0], atol=1e-7)
+    assert float(losses.distillation_kl(current, recorded)[0]) == 0.0
+
+  def test_kl_never_negative(self):
+    rng = np.random.default_rng(1)
+    logits = jnp.asarray(rng.normal(size=(256, 10)) * 20, jnp.float32)
+    assert float(losses.distillation_kl(logits, logits).min()) >= 0.0

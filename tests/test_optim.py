@@ -37,11 +37,7 @@ def test_pattern_matching_nothing_raises():
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 def test_frozen_leaves_bit_identical_after_steps(momentum):
   tx = optim.make_optimizer(
-    PARAMS,
-    trainable=["heads/new/"],
-    learning_rate=0.1,
-    momentum=momentum,
-    weight_decay=0.5,
+    trainable=("heads/new/",), learning_rate=0.1, momentum=momentum, weight_decay=0.5
   )
   params, state = PARAMS, tx.init(PARAMS)
   step = jax.jit(lambda p, u: optim.apply_updates(p, u, ["heads/new/"]))
@@ -60,3 +56,24 @@ def test_frozen_leaves_bit_identical_after_steps(momentum):
     v = momentum * v + (1.0 + 0.5 * p)
     p -= 0.1 * v
   np.testing.assert_allclose(params["heads"]["new"]["kernel"], p, rtol=1e-6)
+
+
+def test_adam_frozen_leaves_and_update():
+  tx = optim.make_optimizer(
+    trainable=("heads/new/",), learning_rate=0.1, optimizer="adam", weight_decay=0.0
+  )
+  updates, _ = tx.update(jax.tree.map(jnp.ones_like, PARAMS), tx.init(PARAMS), PARAMS)
+  params = optim.apply_updates(PARAMS, updates, ("heads/new/",))
+  # Adam's first step moves by the learning rate in the gradient's direction.
+  np.testing.assert_allclose(params["heads"]["new"]["kernel"], 0.9, rtol=1e-6)
+  assert helpers.bits(params["heads"]["old"]) == helpers.bits(PARAMS["heads"]["old"])
+
+
+def test_same_settings_same_optimizer_object():
+  make = lambda lr: optim.make_optimizer(trainable=(".*",), learning_rate=lr)
+  assert make(0.1) is make(0.1) and make(0.1) is not make(0.2)
+
+
+def test_unknown_optimizer_lists_valid_ones():
+  with pytest.raises(ValueError, match="valid optimizers: sgd, adam"):
+    optim.make_optimizer(trainable=(".*",), learning_rate=0.1, optimizer="rmsprop")

@@ -42,7 +42,18 @@ class TestMakeTask:
         split([0]),
         "NaN or Inf",
       ),
-      ({**split([0, 1]), "label": np.array([0, 1, 1])}, split([0]), "3 labels"),
+      ({**split([0, 1]), "label": np.array([0, 1, 1])}, split([0]), "differ in length"),
+      (
+        {**split([0, 1]), "recorded": {"old": np.zeros((5, 3), np.float32)}},
+        split([0]),
+        "differ in length",
+      ),
+      ({**split([0, 1]), "image": [[[[0.0]]]] * 2}, split([0]), "NumPy arrays"),
+      (
+        {"image": np.zeros((2, 2, 2, 1), np.float32)},
+        split([0]),
+        "'image' and 'label'",
+      ),
       (split([0, 1]), split([0], shape=(3, 3, 1)), "differ in shape"),
     ],
   )
@@ -50,11 +61,29 @@ class TestMakeTask:
     with pytest.raises(ValueError, match=message):
       tasks.make_task("bad", (0, 1), train, test)
 
-  def test_bad_classes_raise(self):
-    with pytest.raises(ValueError, match="at least 2 classes"):
-      tasks.make_task("one", (0,), split([0]), split([0]))
-    with pytest.raises(ValueError, match="repeat"):
-      tasks.make_task("dup", (0, 0), split([0]), split([0]))
+  @pytest.mark.parametrize(
+    "classes, message",
+    [
+      ((0,), "at least 2 classes"),
+      ((0, 0), "repeat"),
+      ((0.0, 1.5), "integers"),
+      (("0", "1"), "integers"),
+      ((False, True), "integers"),
+    ],
+  )
+  def test_bad_classes_raise(self, classes, message):
+    with pytest.raises(ValueError, match=message):
+      tasks.make_task("t", classes, split([0]), split([0]))
+
+  @pytest.mark.parametrize("name", ["", "a/b", 3, None])
+  def test_bad_names_raise(self, name):
+    # A '/' would let one head's freeze pattern (heads/a/) match another's (a/b).
+    with pytest.raises(ValueError, match="task name"):
+      tasks.make_task(name, (0, 1), split([0, 1]), split([0]))
+
+  def test_numpy_integer_classes_accepted(self):
+    task = tasks.make_task("t", np.array([4, 2]), split([2, 4]), split([4]))
+    assert task.classes == (4, 2) and isinstance(task.classes[0], int)
 
   def test_task_sequence_checks(self):
     a = tasks.make_task("a", (0, 1), split([0, 1]), split([0]))

@@ -10,12 +10,15 @@ from experiments.configs import mnist_to_uci
 
 def get_config():
   config = mnist_to_uci.get_config()
+  config.name = "mnist_to_uci_smoke"
   config.model = "mlp_tiny"
-  config.old_task.max_train_per_class = 40
-  config.new_task.max_train_per_class = 40
+  config.tasks = (
+    mnist_to_uci.task("mnist5k", max_train_per_class=40),
+    mnist_to_uci.task("uci_digits", max_train_per_class=40),
+  )
   config.batch_size = 32
-  config.original.num_epochs = 8
-  config.original.learning_rate = 0.1
+  config.first_task.num_epochs = 8
+  config.first_task.learning_rate = 0.1
   config.warmup.num_epochs = 2
   config.train.num_epochs = 3
   return config

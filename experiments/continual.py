@@ -1,0 +1,288 @@
+"""The experiment protocol: tasks added one after another, for methods and seeds.
+
+For each seed:
+
+1. train a network from scratch on the first task, once; it is kept in
+   ``<workdir>/first_task_seed<seed>`` so every method, and every later run with
+   the same settings, starts from the same network;
+2. with each method, add the other tasks one at a time, evaluating every task seen
+   so far after each (the accuracy matrices, in the task- and class-incremental
+   scenarios);
+3. optionally train a network on each task alone, the reference for forward
+   transfer.
+
+With two tasks this is the paper's single-new-task protocol (Table 1); with more,
+its multiple-new-task protocol (Fig. 4). Results, metrics (mean and standard
+deviation over seeds), a Markdown report and plots go to the work directory.
+"""
+
+import dataclasses
+import json
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+from experiments import report
+from lwf_jax import checkpoints, datasets, methods, metrics, models, sequence, tasks
+from lwf_jax import train as train_lib
+
+TASK_KEYS = ("dataset", "name", "classes", "max_train_per_class", "permutation_seed")
+SCENARIOS = ("task_il", "class_il")
+
+
+def load_task(spec: dict) -> tasks.Task:
+  """The task a config's ``tasks`` entry describes (keys: :data:`TASK_KEYS`)."""
+  unknown = sorted(set(spec) - set(TASK_KEYS))
+  if unknown or "dataset" not in spec:
+    raise ValueError(
+      f"a task needs 'dataset' and may have {', '.join(TASK_KEYS[1:])}; got {spec}"
+    )
+  return datasets.load_task(
+    spec["dataset"],
+    name=spec.get("name") or None,
+    classes=tuple(spec.get("classes") or ()) or None,
+    max_train_per_class=spec.get("max_train_per_class", 0),
+    permutation_seed=spec.get("permutation_seed"),
+  )
+
+
+def task_settings(spec: dict, task: tasks.Task) -> dict:
+  """A task's spec with every default filled in, so equal tasks compare equal."""
+  return {
+    "dataset": spec["dataset"],
+    "name": task.name,
+    "classes": list(task.classes),
+    "max_train_per_class": spec.get("max_train_per_class", 0),
+    "permutation_seed": spec.get("permutation_seed"),
+  }
+
+
+def make_recipe(config: ml_collections.ConfigDict) -> methods.Recipe:
+  """The training settings of a config."""
+  return methods.Recipe(
+    warmup=methods.Schedule(**config.warmup),
+    main=methods.Schedule(**config.train),
+    batch_size=config.batch_size,
+    optimizer=config.optimizer,
+    momentum=config.momentum,
+    weight_decay=config.weight_decay,
+    objective=train_lib.Objective(
+      **config.lwf,
+      lambda_features=config.lfl.lambda_features,
+      lambda_weights=config.l2_soft.lambda_weights,
+    ),
+    inference_batch_size=config.inference_batch_size,
+  )
+
+
+def method_runs(config: ml_collections.ConfigDict) -> dict[str, tuple]:
+  """``{label: (method, recipe)}``: each method, and each lambda_old of a sweep."""
+  recipe = make_recipe(config)
+  runs = {}
+  for name in config.methods:
+    method = methods.get_method(name)
+    if not config.lambda_old_sweep or method.teacher is None:
+      runs[name] = (method, recipe)
+      continue
+    for value in config.lambda_old_sweep:
+      objective = dataclasses.replace(recipe.objective, lambda_old=float(value))
+      runs[f"{name} (λo={value:g})"] = (
+        method,
+        dataclasses.replace(recipe, objective=objective),
+      )
+  return runs
+
+
+def first_task_settings(
+  config: ml_collections.ConfigDict, task: tasks.Task, seed: int
+) -> dict:
+  """The settings that determine the first network, stored beside it as JSON."""
+  settings = {
+    "seed": seed,
+    "model": config.model,
+    "first_task": task_settings(config.tasks[0], task),
+    "schedule": config.first_task.to_dict(),
+    "batch_size": config.batch_size,
+    "optimizer": config.optimizer,
+    "momentum": config.momentum,
+    "weight_decay": config.weight_decay,
+  }
+  return json.loads(json.dumps(settings))  # as read back: tuples become lists
+
+
+def first_network(
+  config: ml_collections.ConfigDict, task: tasks.Task, workdir: str, seed: int
+) -> tuple[models.MultiHeadNet, models.Variables, float]:
+  """Loads the first task's network from ``workdir``, or trains and saves it.
+
+  Returns:
+    ``(model, variables, seconds spent training; 0 when loaded)``.
+  """
+  directory = os.path.join(workdir, f"first_task_seed{seed}")
+  settings = first_task_settings(config, task, seed)
+  trunk = models.make_trunk(config.model)
+  if os.path.exists(directory):
+    variables, saved = checkpoints.load(directory)
+    if saved != settings:
+      changed = sorted(k for k in settings if saved.get(k) != settings[k])
+      raise ValueError(
+        f"the network in {directory} was trained with other settings "
+        f"({', '.join(changed)}); use another --workdir or delete that directory"
+      )
+    model = models.MultiHeadNet(
+      trunk=trunk,
+      head_specs=(models.HeadSpec(task.name, task.num_classes),),
+      image_shape=task.image_shape,
+    )
+    print(f"Reusing the network trained on {task.name!r} in {directory}.")
+    return model, variables, 0.0
+  with report.Timer() as timer:
+    model, variables = methods.learn_first_task(
+      trunk,
+      task,
+      schedule=methods.Schedule(**config.first_task),
+      recipe=make_recipe(config),
+      rng=jax.random.key(seed),
+    )
+  checkpoints.save(directory, variables, settings)
+  return model, variables, timer.seconds
+
+
+def reference_accuracies(
+  config: ml_collections.ConfigDict, task_list: list[tasks.Task], seed: int
+) -> list[float]:
+  """Test accuracy of a network trained from scratch on each task alone."""
+  recipe = make_recipe(config)
+  accuracies = []
+  for i, task in enumerate(task_list):
+    model, variables = methods.learn_first_task(
+      config.model,
+      task,
+      schedule=methods.Schedule(**config.first_task),
+      recipe=recipe,
+      rng=jax.random.fold_in(jax.random.key(seed), 1000 + i),
+    )
+    task_il, _ = sequence.evaluate_row(
+      model, variables, [task], batch_size=config.inference_batch_size
+    )
+    accuracies.append(task_il[0])
+  return accuracies
+
+
+def check_config(config: ml_collections.ConfigDict) -> list[tasks.Task]:
+  """Checks every setting and loads the tasks, before any work; returns the tasks."""
+  if not config.methods:
+    raise ValueError("config.methods is empty")
+  if len(set(config.methods)) != len(config.methods):
+    raise ValueError(f"config.methods repeat a method: {list(config.methods)}")
+  seeds = config.seeds
+  if not isinstance(seeds, list | tuple) or not seeds:
+    raise ValueError(f"config.seeds must be a non-empty tuple, got {seeds!r}")
+  if not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or not all(
+    0 <= s < 2**31 for s in seeds
+  ):
+    raise ValueError(f"config.seeds must be integers in [0, 2**31), got {seeds!r}")
+  if len(set(seeds)) != len(seeds):
+    raise ValueError(f"config.seeds repeat a seed: {list(seeds)}")
+  if len(config.tasks) < 2:
+    raise ValueError("an experiment needs at least two tasks")
+  models.make_trunk(config.model)
+  method_runs(config)
+  methods.Schedule(**config.first_task)
+  task_list = [load_task(spec) for spec in config.tasks]
+  tasks.check_task_sequence(task_list)
+  for task in task_list:
+    if config.batch_size > len(task.train["label"]):
+      raise ValueError(
+        f"batch size {config.batch_size} exceeds the {len(task.train['label'])} "
+        f"training examples of task {task.name!r}"
+      )
+  return task_list
+
+
+def summarize(matrices: list[np.ndarray], reference: list | None) -> dict:
+  """Metrics of one method in one scenario, per seed and as mean and std.
+
+  ``reference`` (per seed, per task) adds forward transfer.
+  """
+  per_seed = {
+    "final_average_accuracy": [metrics.average_accuracy(m)[-1] for m in matrices],
+    "forgetting": [metrics.forgetting(m) for m in matrices],
+    "backward_transfer": [metrics.backward_transfer(m) for m in matrices],
+  }
+  if reference is not None:
+    per_seed["forward_transfer"] = [
+      metrics.forward_transfer(m, r) for m, r in zip(matrices, reference, strict=True)
+    ]
+  summary = {name: report.mean_std(values) for name, values in per_seed.items()}
+  curves = np.array([metrics.average_accuracy(m) for m in matrices])
+  summary["average_accuracy"] = {
+    "mean": curves.mean(0).tolist(),
+    "std": curves.std(0).tolist(),
+  }
+  stacked = np.array(matrices)
+  summary["matrix"] = {"mean": stacked.mean(0).tolist(), "std": stacked.std(0).tolist()}
+  return summary
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs the experiment and returns the results written to ``results.json``."""
+  task_list = check_config(config)
+  runs = method_runs(config)
+  report.check_writable(workdir)
+  partial = os.path.join(workdir, "results.partial.json")
+  start = time.perf_counter()
+
+  results = {
+    "experiment": config.name,
+    "tasks": [t.name for t in task_list],
+    "seeds": list(config.seeds),
+    "first_task": {},
+    "reference": {} if config.reference else None,
+    "methods": {label: {"seeds": {}} for label in runs},
+  }
+  for seed in config.seeds:
+    model, variables, seconds = first_network(config, task_list[0], workdir, seed)
+    results["first_task"][str(seed)] = {"wall_time_s": seconds}
+    for label, (method, recipe) in runs.items():
+      outcome = sequence.learn_sequence(
+        model,
+        variables,
+        task_list,
+        method=method,
+        recipe=recipe,
+        rng=jax.random.fold_in(jax.random.key(seed), 1),
+        progress=f"{report.label(label)}, seed {seed}",
+      )
+      results["methods"][label]["seeds"][str(seed)] = {
+        "task_il": outcome.task_il.tolist(),
+        "class_il": outcome.class_il.tolist(),
+        "wall_time_s": outcome.wall_time_s,
+      }
+      # What is finished survives a failure later on; results.json, the last
+      # complete run's, is replaced only when this run completes.
+      report.write_json(partial, {**results, "config": config.to_dict()})
+    if config.reference:
+      results["reference"][str(seed)] = reference_accuracies(config, task_list, seed)
+
+  reference = (
+    [results["reference"][str(s)] for s in config.seeds] if config.reference else None
+  )
+  for entry in results["methods"].values():
+    per_seed = [entry["seeds"][str(s)] for s in config.seeds]
+    for scenario in SCENARIOS:
+      matrices = [np.array(r[scenario], float) for r in per_seed]
+      # The single-task references are task-incremental accuracies.
+      entry[scenario] = summarize(
+        matrices, reference if scenario == "task_il" else None
+      )
+    entry["wall_time_s"] = report.mean_std([r["wall_time_s"] for r in per_seed])
+
+  results["wall_time_s"] = time.perf_counter() - start
+  results["config"] = config.to_dict()
+  text = report.write_all(results, workdir)
+  os.remove(partial)
+  return {**results, "markdown": text}

@@ -1,0 +1,97 @@
+"""Tasks added one after another, with every task evaluated after each.
+
+The accuracy matrices are ``[T, T]``: ``R[i, j]`` is the test accuracy on task
+``j`` after training task ``i`` (NaN for ``j > i``), in both scenarios: task-
+incremental (the task is known, its head decides) and class-incremental (the
+argmax over every head's classes).
+"""
+
+import time
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from lwf_jax import inference, methods, models, tasks
+
+
+class SequenceResult(NamedTuple):
+  model: models.MultiHeadNet
+  variables: models.Variables
+  task_il: np.ndarray  # [T, T]
+  class_il: np.ndarray  # [T, T]
+  wall_time_s: float  # learning tasks 1..T-1 and evaluating, not the first task
+
+
+def evaluate_row(
+  model: models.MultiHeadNet,
+  variables: models.Variables,
+  task_list: Sequence[tasks.Task],
+  *,
+  batch_size: int,
+) -> tuple[list[float], list[float]]:
+  """Task- and class-incremental accuracy on each of ``task_list``."""
+  scores = [
+    inference.evaluate(model, variables, t, batch_size=batch_size) for t in task_list
+  ]
+  return [s["task_il"] for s in scores], [s["class_il"] for s in scores]
+
+
+def learn_sequence(
+  model: models.MultiHeadNet,
+  variables: models.Variables,
+  task_list: Sequence[tasks.Task],
+  *,
+  method: methods.Method,
+  recipe: methods.Recipe,
+  rng: jax.Array,
+  progress: str = "",
+) -> SequenceResult:
+  """Adds ``task_list[1:]`` one at a time to a network that has learned task 0.
+
+  Before each new task the method records what it needs (for LwF, every old head's
+  outputs on the new task's images) afresh from the current network.
+
+  Args:
+    model: a network trained on ``task_list[0]`` (and with only its head).
+    variables: its variables; never modified.
+    task_list: the tasks, in order; the first is already learned.
+    method: how each new task is added.
+    recipe: training settings.
+    rng: PRNG key; task ``i`` uses ``fold_in(rng, i)``.
+    progress: a label for the progress bars, such as the method's name.
+
+  Returns:
+    The final network and the accuracy matrices.
+  """
+  tasks.check_task_sequence(task_list)
+  if model.head_names != [task_list[0].name]:
+    raise ValueError(
+      f"the network must have learned only the first task {task_list[0].name!r}; "
+      f"it has heads {model.head_names}"
+    )
+  num_tasks = len(task_list)
+  task_il = np.full((num_tasks, num_tasks), np.nan)
+  class_il = np.full((num_tasks, num_tasks), np.nan)
+  start = time.perf_counter()
+  task_il[0, :1], class_il[0, :1] = evaluate_row(
+    model, variables, task_list[:1], batch_size=recipe.inference_batch_size
+  )
+  for i in range(1, num_tasks):
+    model, variables = methods.add_task(
+      model,
+      variables,
+      task_list[i],
+      method=method,
+      recipe=recipe,
+      rng=jax.random.fold_in(rng, i),
+      old_tasks=task_list[:i],
+      progress=progress,
+    )
+    task_il[i, : i + 1], class_il[i, : i + 1] = evaluate_row(
+      model, variables, task_list[: i + 1], batch_size=recipe.inference_batch_size
+    )
+  return SequenceResult(
+    model, variables, task_il, class_il, time.perf_counter() - start
+  )

@@ -1,0 +1,244 @@
+"""End to end: the shipped experiments, shrunk, by API and by command line."""
+
+import json
+import os
+import pkgutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import configs, continual, summary
+from experiments.configs import mnist_to_uci_smoke, split_mnist_smoke
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE_CONFIG = "experiments/configs/mnist_to_uci_smoke.py"
+
+
+def final_rows(results, method, scenario="task_il"):
+  """``{seed: R}`` of one method."""
+  seeds = results["methods"][method]["seeds"]
+  return {seed: np.array(r[scenario], float) for seed, r in seeds.items()}
+
+
+@pytest.fixture(scope="module")
+def single_task(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("single"))
+  return workdir, continual.run(mnist_to_uci_smoke.get_config(), workdir)
+
+
+@pytest.fixture(scope="module")
+def split_mnist(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("split"))
+  return workdir, continual.run(split_mnist_smoke.get_config(), workdir)
+
+
+class TestSingleNewTask:
+  def test_files_written_and_accuracy_above_chance(self, single_task):
+    workdir, results = single_task
+    assert sorted(os.listdir(workdir)) == [
+      "curves_class_il.png",
+      "curves_task_il.png",
+      "first_task_seed0",
+      "matrix_class_il.png",
+      "matrix_task_il.png",
+      "results.json",
+      "results.md",
+    ]
+    with open(os.path.join(workdir, "results.json")) as file:
+      written = json.load(file)
+    assert written["config"]["model"] == "mlp_tiny"
+    assert list(written["methods"]) == [
+      "lwf",
+      "fine_tuning",
+      "feature_extraction",
+      "joint",
+    ]
+    for name in written["methods"]:
+      matrix = final_rows(written, name)["0"]
+      assert matrix[1, 0] > 0.5 and matrix[1, 1] > 0.5, name  # chance: 0.1
+      assert np.isnan(matrix[0, 1])
+    with open(os.path.join(workdir, "results.md")) as file:
+      text = file.read()
+    assert "| LwF (ours) |" in text and "old task: mnist5k" in text
+    assert results["markdown"] == text
+
+  def test_feature_extraction_keeps_the_old_accuracy_exactly(self, single_task):
+    _, results = single_task
+    matrix = final_rows(results, "feature_extraction")["0"]
+    assert matrix[1, 0] == matrix[0, 0]
+
+  def test_rerun_reuses_the_first_network(self, single_task, capsys):
+    workdir, results = single_task
+    checkpoint = os.path.join(workdir, "first_task_seed0")
+    stamp = os.stat(checkpoint).st_mtime_ns
+    config = mnist_to_uci_smoke.get_config()
+    config.methods = ("lwf",)
+    again = continual.run(config, workdir)
+    assert "Reusing the network trained on 'mnist5k'" in capsys.readouterr().out
+    assert os.stat(checkpoint).st_mtime_ns == stamp
+    np.testing.assert_array_equal(
+      final_rows(again, "lwf")["0"], final_rows(results, "lwf")["0"]
+    )
+
+  def test_other_settings_refused_without_touching_the_workdir(self, single_task):
+    workdir, _ = single_task
+    with open(os.path.join(workdir, "results.json")) as file:
+      before = file.read()
+    config = mnist_to_uci_smoke.get_config()
+    config.first_task.num_epochs = 3
+    with pytest.raises(ValueError, match=r"other settings \(schedule\)"):
+      continual.run(config, workdir)
+    with open(os.path.join(workdir, "results.json")) as file:
+      assert file.read() == before
+
+  def test_equivalent_task_spec_is_the_same_network(self, single_task, capsys):
+    workdir, _ = single_task
+    config = mnist_to_uci_smoke.get_config()
+    config.methods = ("feature_extraction",)
+    config.tasks = (
+      {**config.tasks[0], "name": "mnist5k", "classes": tuple(range(10))},
+      config.tasks[1],
+    )
+    continual.run(config, workdir)
+    assert "Reusing" in capsys.readouterr().out
+
+
+class TestSplitMnist:
+  """The outcomes the paper and the continual-learning literature report."""
+
+  def test_lwf_beats_fine_tuning_task_incremental(self, split_mnist):
+    _, results = split_mnist
+    lwf = results["methods"]["lwf"]["task_il"]["final_average_accuracy"]["mean"]
+    tuned = results["methods"]["fine_tuning"]["task_il"]["final_average_accuracy"]
+    assert lwf > tuned["mean"] + 0.05, (lwf, tuned)
+
+  def test_feature_extraction_keeps_every_old_task_exactly(self, split_mnist):
+    _, results = split_mnist
+    matrix = final_rows(results, "feature_extraction")["0"]
+    for j in range(5):
+      assert (matrix[j:, j] == matrix[j, j]).all(), matrix
+
+  def test_joint_training_at_least_as_good_as_lwf_on_old_tasks(self, split_mnist):
+    _, results = split_mnist
+    joint = final_rows(results, "joint")["0"][-1, :-1].mean()
+    lwf = final_rows(results, "lwf")["0"][-1, :-1].mean()
+    assert joint >= lwf - 0.005, (joint, lwf)
+
+  def test_both_scenarios_and_published_numbers_reported(self, split_mnist):
+    workdir, results = split_mnist
+    class_il = final_rows(results, "lwf", "class_il")["0"]
+    task_il = final_rows(results, "lwf")["0"]
+    assert (class_il[-1] <= task_il[-1] + 1e-12).all()  # the harder scenario
+    with open(os.path.join(workdir, "results.md")) as file:
+      text = file.read()
+    assert "published average accuracy" in text and "99.60" in text
+    assert "van de Ven & Tolias (2019)" in text
+
+
+def test_lambda_sweep_runs_each_value_for_distilling_methods_only():
+  config = mnist_to_uci_smoke.get_config()
+  config.methods = ("lwf", "fine_tuning")
+  config.lambda_old_sweep = (0.5, 2.0)
+  runs = continual.method_runs(config)
+  assert list(runs) == ["lwf (λo=0.5)", "lwf (λo=2)", "fine_tuning"]
+  assert runs["lwf (λo=2)"][1].objective.lambda_old == 2.0
+
+
+def test_every_shipped_config_is_valid_and_summarised():
+  names = {
+    module.name
+    for module in pkgutil.iter_modules(configs.__path__)
+    if not module.name.endswith("_smoke")
+  }
+  assert names == set(summary.EXPERIMENTS)
+  for name in sorted(names):
+    config = summary.load_config(name)
+    continual.check_config(config)
+    assert config.name == name
+
+
+def test_summary_reuses_unchanged_results(tmp_path, monkeypatch):
+  config = mnist_to_uci_smoke.get_config()
+  config.methods = ("feature_extraction",)
+  continual.run(config, str(tmp_path / "toy"))
+  monkeypatch.setattr(summary, "load_config", lambda _: config)
+
+  def fail(*args):
+    raise AssertionError("an unchanged experiment was run again")
+
+  monkeypatch.setattr(continual, "run", fail)
+  text = summary.summarize(str(tmp_path), ["toy"], reuse=True)
+  assert "| Feature extraction |" in text
+  with open(tmp_path / "SUMMARY.md") as file:
+    assert file.read() == text
+  config.seeds = (1,)  # a changed config is run again
+  with pytest.raises(AssertionError, match="run again"):
+    summary.summarize(str(tmp_path), ["toy"], reuse=True)
+
+
+def run_main(*args):
+  return subprocess.run(
+    [sys.executable, "-m", "experiments.main", *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
+
+
+def test_command_line(tmp_path):
+  workdir = str(tmp_path / "cli")
+  done = run_main(f"--config={SMOKE_CONFIG}", f"--workdir={workdir}")
+  assert done.returncode == 0, done.stderr
+  assert "| LwF (ours) |" in done.stdout
+  assert os.path.exists(os.path.join(workdir, "results.json"))
+
+
+@pytest.mark.parametrize(
+  "override, message",
+  [
+    ("--config.model=alexnet9000", "unknown model 'alexnet9000'; valid models: mlp"),
+    ("--config.lwf.temperature=0", "temperature must be finite and > 0"),
+    ("--config.lwf.lambda_old=inf", "lambda_old must be finite"),
+    ("--config.train.learning_rate=inf", "learning_rate must be finite"),
+    ("--config.batch_size=100000", "batch size 100000 exceeds"),
+    ("--config.methods=('lwf','lwf')", "config.methods repeat a method"),
+    ("--config.methods=('ewc',)", "unknown method 'ewc'"),
+    ("--config.seeds=(-1,)", "config.seeds must be integers in [0, 2**31)"),
+    ("--config.nonexistent=1", "the config has no field 'nonexistent'"),
+  ],
+)
+def test_bad_config_is_one_clear_line_and_writes_nothing(tmp_path, override, message):
+  workdir = str(tmp_path / "bad")
+  done = run_main(f"--config={SMOKE_CONFIG}", f"--workdir={workdir}", override)
+  assert done.returncode != 0
+  assert f"error: {message}" in done.stderr
+  assert "Traceback" not in done.stderr
+  assert not os.path.exists(workdir)
+
+
+def test_unwritable_workdir_is_one_clear_line(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("x")
+  done = run_main(f"--config={SMOKE_CONFIG}", f"--workdir={blocker / 'sub'}")
+  assert done.returncode != 0 and "Traceback" not in done.stderr
+  assert "error: cannot write to the work directory" in done.stderr
+
+
+def test_divergence_stops_cleanly_and_keeps_finished_runs(tmp_path):
+  workdir = tmp_path / "diverge"
+  done = run_main(
+    f"--config={SMOKE_CONFIG}",
+    f"--workdir={workdir}",
+    "--config.methods=('fine_tuning','lwf')",
+    "--config.lwf.lambda_old=1e38",
+  )
+  assert done.returncode != 0 and "Traceback" not in done.stderr
+  assert "non-finite loss" in done.stderr
+  with open(workdir / "results.partial.json") as file:
+    partial = json.load(file)
+  assert partial["methods"]["fine_tuning"]["seeds"]["0"]["task_il"][1][1] > 0.5
+  assert not (workdir / "results.json").exists()
