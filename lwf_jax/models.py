@@ -164,7 +164,9 @@ def init_trunk(trunk: nn.Module, rng: jax.Array, image_shape: Sequence[int]) -> 
     ``(model, variables)`` with ``variables['params'] == {'trunk': ...}``.
   """
   model = MultiHeadNet(trunk=trunk, image_shape=tuple(image_shape))
-  variables = model.init(rng, jnp.zeros((1, *image_shape)), train=False)
+  # One compiled program, not one per initializer as eager init would compile.
+  init = jax.jit(functools.partial(model.init, train=False))
+  variables = init(rng, jnp.zeros((1, *image_shape)))
   return model, {
     "params": variables["params"],
     "batch_stats": variables.get("batch_stats", {}),
@@ -201,7 +203,9 @@ def add_head(
     )
   features = jnp.zeros((1, model.trunk.num_features))
   head = Head(spec.num_classes, spec.hidden_sizes)
-  head_params = head.init(rng, features, train=False)["params"]
+  head_params = jax.jit(functools.partial(head.init, train=False))(rng, features)[
+    "params"
+  ]
   params = dict(variables["params"])
   params["heads"] = {**params.get("heads", {}), spec.name: head_params}
   grown = model.clone(head_specs=(*model.head_specs, spec))

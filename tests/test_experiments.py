@@ -197,27 +197,64 @@ def test_command_line(tmp_path):
   assert os.path.exists(os.path.join(workdir, "results.json"))
 
 
+def smoke(**overrides):
+  config = mnist_to_uci_smoke.get_config()
+  for path, value in overrides.items():
+    *parents, field = path.split(".")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[field] = value
+  return config
+
+
 @pytest.mark.parametrize(
-  "override, message",
+  "overrides, message",
   [
-    ("--config.model=alexnet9000", "unknown model 'alexnet9000'; valid models: mlp"),
-    ("--config.lwf.temperature=0", "temperature must be finite and > 0"),
-    ("--config.lwf.lambda_old=inf", "lambda_old must be finite"),
-    ("--config.train.learning_rate=inf", "learning_rate must be finite"),
-    ("--config.batch_size=100000", "batch size 100000 exceeds"),
-    ("--config.methods=('lwf','lwf')", "config.methods repeat a method"),
-    ("--config.methods=('ewc',)", "unknown method 'ewc'"),
-    ("--config.seeds=(-1,)", "config.seeds must be integers in [0, 2**31)"),
-    ("--config.nonexistent=1", "the config has no field 'nonexistent'"),
+    ({"model": "alexnet9000"}, "unknown model 'alexnet9000'; valid models: mlp"),
+    ({"lwf.temperature": 0.0}, "temperature must be finite and > 0"),
+    ({"lwf.lambda_old": float("inf")}, "lambda_old must be finite"),
+    ({"train.learning_rate": float("inf")}, "learning_rate must be finite"),
+    ({"warmup.num_epochs": -1}, "num_epochs must be >= 0"),
+    ({"batch_size": 100000}, "batch size 100000 exceeds"),
+    ({"optimizer": "rmsprop"}, "valid optimizers: sgd, adam"),
+    ({"methods": ("lwf", "lwf")}, "config.methods repeat a method"),
+    ({"methods": ("ewc",)}, "unknown method 'ewc'"),
+    ({"methods": ()}, "config.methods is empty"),
+    ({"seeds": (-1,)}, r"config.seeds must be integers in \[0, 2\*\*31\)"),
+    ({"seeds": ()}, "config.seeds must be a non-empty tuple"),
+    ({"seeds": (0.5,)}, "config.seeds must be integers"),
+    ({"tasks": ({"dataset": "mnist5k"},)}, "at least two tasks"),
+    ({"tasks": ({"dataset": "mnist5k"}, {"dataset": "cifar"})}, "unknown data set"),
+    ({"tasks": ({"dataset": "mnist5k"}, {"dataset": "mnist5k"})}, "distinct"),
+    ({"tasks": ({"dataset": "mnist5k"}, {"set": "x"})}, "a task needs 'dataset'"),
+    (
+      {"tasks": ({"dataset": "mnist5k"}, {"dataset": "uci_digits", "classes": (3,)})},
+      "at least 2 classes",
+    ),
+    (
+      {"tasks": ({"dataset": "mnist5k", "max_train_per_class": -1}, {"dataset": "x"})},
+      "max_train_per_class must be >= 0",
+    ),
   ],
 )
-def test_bad_config_is_one_clear_line_and_writes_nothing(tmp_path, override, message):
-  workdir = str(tmp_path / "bad")
-  done = run_main(f"--config={SMOKE_CONFIG}", f"--workdir={workdir}", override)
-  assert done.returncode != 0
-  assert f"error: {message}" in done.stderr
-  assert "Traceback" not in done.stderr
-  assert not os.path.exists(workdir)
+def test_bad_config_raises_before_any_work(tmp_path, overrides, message):
+  workdir = tmp_path / "bad"
+  with pytest.raises(ValueError, match=message):
+    continual.run(smoke(**overrides), str(workdir))
+  assert not workdir.exists()
+
+
+def test_bad_config_on_the_command_line_is_one_clear_line(tmp_path):
+  for override, message in [
+    ("--config.lwf.temperature=0", "error: temperature must be finite and > 0"),
+    ("--config.nonexistent=1", "error: the config has no field 'nonexistent'"),
+  ]:
+    workdir = tmp_path / "bad"
+    done = run_main(f"--config={SMOKE_CONFIG}", f"--workdir={workdir}", override)
+    assert done.returncode != 0
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert not workdir.exists()
 
 
 def test_unwritable_workdir_is_one_clear_line(tmp_path):

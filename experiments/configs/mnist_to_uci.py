@@ -26,7 +26,7 @@ def task(dataset: str, **kwargs) -> dict:
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.name = "mnist_to_uci"  # the experiment's name in reports
-  config.seeds = (0,)  # one run per seed; reports give mean and std over seeds
+  config.seeds = (0, 1)  # one run per seed; reports give mean and std over seeds
   config.model = "cnn"  # trunk, a key of lwf_jax.models.TRUNKS
   # The tasks, in order; the first one is learned from scratch.
   config.tasks = (task("mnist5k"), task("uci_digits"))

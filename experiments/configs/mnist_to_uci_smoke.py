@@ -12,6 +12,7 @@ def get_config():
   config = mnist_to_uci.get_config()
   config.name = "mnist_to_uci_smoke"
   config.model = "mlp_tiny"
+  config.seeds = (0,)
   config.tasks = (
     mnist_to_uci.task("mnist5k", max_train_per_class=40),
     mnist_to_uci.task("uci_digits", max_train_per_class=40),
