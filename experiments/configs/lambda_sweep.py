@@ -7,6 +7,9 @@ forgetting is largest.
 Run:
   python -m experiments.main --config=experiments/configs/lambda_sweep.py \
       --workdir=workdir/lambda_sweep
+
+Runtime: 2.7 minutes on 2 CPU cores. Result (old / new task accuracy %):
+92.68 / 96.45 at 0.1, 93.66 / 96.40 at 1, 96.20 / 95.95 at 3, 95.77 / 94.55 at 10.
 """
 
 from experiments.configs import uci_to_mnist
@@ -16,5 +19,5 @@ def get_config():
   config = uci_to_mnist.get_config()
   config.name = "lambda_sweep"
   config.methods = ("lwf",)
-  config.lambda_old_sweep = (0.3, 1.0, 3.0, 10.0, 30.0)
+  config.lambda_old_sweep = (0.1, 0.3, 1.0, 3.0, 10.0)
   return config

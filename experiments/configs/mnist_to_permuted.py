@@ -3,6 +3,9 @@ r"""Table 1 with a dissimilar new task: MNIST, then MNIST with permuted pixels.
 Run:
   python -m experiments.main --config=experiments/configs/mnist_to_permuted.py \
       --workdir=workdir/mnist_to_permuted
+
+Runtime: 1.1 minutes on 2 CPU cores. Result: LwF 95.17 old, 95.10 new; the
+others within a point of LwF on the old task; feature extraction -6.40 new.
 """
 
 from experiments.configs import mnist_to_uci

@@ -6,7 +6,9 @@ Run:
   python -m experiments.main --config=experiments/configs/mnist_to_uci.py \
       --workdir=workdir/mnist_to_uci
 
-Runtime: TBD on 2 CPU cores. Result: TBD.
+Runtime: 3.3 minutes on 2 CPU cores. Result (test accuracy %, LwF absolute, the
+others as differences from LwF): LwF 96.55 ± 0.55 old, 98.59 ± 0.28 new;
+fine-tuning -1.00 / +0.00; feature extraction +0.65 / -9.58; joint +0.95 / +0.00.
 """
 
 import ml_collections

@@ -6,6 +6,9 @@ of 128); ten classes per task.
 Run:
   python -m experiments.main --config=experiments/configs/permuted_mnist.py \
       --workdir=workdir/permuted_mnist
+
+Runtime: 3.9 minutes on 2 CPU cores. Result (Task-IL average accuracy %): LwF
+81.95 ± 0.73, fine-tuning 82.02 ± 0.60, feature extraction 88.78, joint 95.00.
 """
 
 import ml_collections

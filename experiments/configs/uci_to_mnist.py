@@ -3,6 +3,9 @@ r"""Table 1, the other way round: add MNIST (new task) to a UCI-digits network.
 Run:
   python -m experiments.main --config=experiments/configs/uci_to_mnist.py \
       --workdir=workdir/uci_to_mnist
+
+Runtime: 2.9 minutes on 2 CPU cores. Result: LwF 93.66 ± 2.96 old, 96.40 new;
+fine-tuning -2.39 / +0.30; feature extraction +4.23 / -40.40; joint +4.65 / +0.25.
 """
 
 from experiments.configs import mnist_to_uci
@@ -14,5 +17,9 @@ def get_config():
   config.tasks = (mnist_to_uci.task("uci_digits"), mnist_to_uci.task("mnist5k"))
   config.first_task.num_epochs = 25  # UCI digits has 1,442 training images
   config.train.num_epochs = 8  # MNIST has 4,000
+  # 4,000 new images move the trunk far: at mnist_to_uci's 0.02, every method
+  # forgets most of the old task (LwF keeps 64%); a smaller rate, as the paper
+  # uses for fine-tuning, keeps the comparison informative.
+  config.train.learning_rate = 0.005
   config.warmup.num_epochs = 2
   return config
