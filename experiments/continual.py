@@ -26,7 +26,16 @@ import ml_collections
 import numpy as np
 
 from experiments import report
-from lwf_jax import checkpoints, datasets, methods, metrics, models, sequence, tasks
+from lwf_jax import (
+  checkpoints,
+  datasets,
+  methods,
+  metrics,
+  models,
+  sequence,
+  tasks,
+  trunks,
+)
 from lwf_jax import train as train_lib
 
 TASK_KEYS = ("dataset", "name", "classes", "max_train_per_class", "permutation_seed")
@@ -69,11 +78,9 @@ def make_recipe(config: ml_collections.ConfigDict) -> methods.Recipe:
     optimizer=config.optimizer,
     momentum=config.momentum,
     weight_decay=config.weight_decay,
-    objective=train_lib.Objective(
-      **config.lwf,
-      lambda_features=config.lfl.lambda_features,
-      lambda_weights=config.l2_soft.lambda_weights,
-    ),
+    objective=train_lib.Objective(**config.lwf),
+    lambda_features=config.lfl.lambda_features,
+    lambda_weights=config.l2_soft.lambda_weights,
     inference_batch_size=config.inference_batch_size,
   )
 
@@ -89,7 +96,12 @@ def method_runs(config: ml_collections.ConfigDict) -> dict[str, tuple]:
       continue
     for value in config.lambda_old_sweep:
       objective = dataclasses.replace(recipe.objective, lambda_old=float(value))
-      runs[f"{name} (λo={value:g})"] = (
+      label = f"{name} (λo={value:g})"
+      if label in runs:
+        raise ValueError(
+          f"config.lambda_old_sweep repeats a value: {list(config.lambda_old_sweep)}"
+        )
+      runs[label] = (
         method,
         dataclasses.replace(recipe, objective=objective),
       )
@@ -113,6 +125,28 @@ def first_task_settings(
   return json.loads(json.dumps(settings))  # as read back: tuples become lists
 
 
+def first_network_directory(workdir: str, seed: int) -> str:
+  return os.path.join(workdir, f"first_task_seed{seed}")
+
+
+def check_first_network(
+  config: ml_collections.ConfigDict, task: tasks.Task, workdir: str, seed: int
+) -> None:
+  """Raises ``ValueError`` if ``workdir`` holds a first network of this seed that was
+  trained with other settings than ``config``'s."""
+  directory = first_network_directory(workdir, seed)
+  if not os.path.exists(directory):
+    return
+  saved = checkpoints.load_metadata(directory)
+  settings = first_task_settings(config, task, seed)
+  if saved != settings:
+    changed = sorted(k for k in settings if saved.get(k) != settings[k])
+    raise ValueError(
+      f"the network in {directory} was trained with other settings "
+      f"({', '.join(changed)}); use another --workdir or delete that directory"
+    )
+
+
 def first_network(
   config: ml_collections.ConfigDict, task: tasks.Task, workdir: str, seed: int
 ) -> tuple[models.MultiHeadNet, models.Variables, float]:
@@ -121,17 +155,11 @@ def first_network(
   Returns:
     ``(model, variables, seconds spent training; 0 when loaded)``.
   """
-  directory = os.path.join(workdir, f"first_task_seed{seed}")
-  settings = first_task_settings(config, task, seed)
-  trunk = models.make_trunk(config.model)
+  directory = first_network_directory(workdir, seed)
+  trunk = trunks.make_trunk(config.model)
   if os.path.exists(directory):
-    variables, saved = checkpoints.load(directory)
-    if saved != settings:
-      changed = sorted(k for k in settings if saved.get(k) != settings[k])
-      raise ValueError(
-        f"the network in {directory} was trained with other settings "
-        f"({', '.join(changed)}); use another --workdir or delete that directory"
-      )
+    check_first_network(config, task, workdir, seed)
+    variables, _ = checkpoints.load(directory)
     model = models.MultiHeadNet(
       trunk=trunk,
       head_specs=(models.HeadSpec(task.name, task.num_classes),),
@@ -147,7 +175,7 @@ def first_network(
       recipe=make_recipe(config),
       rng=jax.random.key(seed),
     )
-  checkpoints.save(directory, variables, settings)
+  checkpoints.save(directory, variables, first_task_settings(config, task, seed))
   return model, variables, timer.seconds
 
 
@@ -189,7 +217,7 @@ def check_config(config: ml_collections.ConfigDict) -> list[tasks.Task]:
     raise ValueError(f"config.seeds repeat a seed: {list(seeds)}")
   if len(config.tasks) < 2:
     raise ValueError("an experiment needs at least two tasks")
-  models.make_trunk(config.model)
+  trunks.make_trunk(config.model)
   method_runs(config)
   methods.Schedule(**config.first_task)
   task_list = [load_task(spec) for spec in config.tasks]
@@ -233,7 +261,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   task_list = check_config(config)
   runs = method_runs(config)
   report.check_writable(workdir)
+  for seed in config.seeds:
+    check_first_network(config, task_list[0], workdir, seed)
   partial = os.path.join(workdir, "results.partial.json")
+  if os.path.exists(partial):  # an earlier, unfinished run's
+    os.remove(partial)
   start = time.perf_counter()
 
   results = {

@@ -21,7 +21,10 @@ def parse_flags(argv: list[str]) -> list[str]:
   except AttributeError as error:  # ml_collections: the config has no such field
     sys.exit(f"error: the config has no field {str(error).strip(chr(34) + chr(39))!r}")
   except flags.Error as error:
-    sys.exit(f"error: {error}")
+    # A config file that fails to load comes with its traceback: keep its first
+    # line (which flag) and its last (what went wrong).
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    sys.exit(f"error: {lines[0]} {lines[-1]}" if len(lines) > 1 else f"error: {error}")
 
 
 def main(argv):
@@ -32,7 +35,7 @@ def main(argv):
   try:
     results = continual.run(_CONFIG.value, _WORKDIR.value)
   except (ValueError, OSError, FloatingPointError) as error:
-    sys.exit(f"error: {error}")
+    sys.exit("error: " + " ".join(str(error).split()))  # one line
   print(results["markdown"])
 
 

@@ -182,6 +182,20 @@ def sequence_table(results: dict, scenario: str, published: dict | None = None) 
   return "\n".join(lines)
 
 
+def applicable_published(config: dict) -> dict:
+  """The config's published numbers if its settings match theirs, else ``{}``.
+
+  ``published.setting`` names the config fields (model, optimizer, ...) of the
+  published experiment; a config that changes any of them (a quick variant with a
+  smaller network, say) is not comparable, and its report shows none.
+  """
+  published = config.get("published") or {}
+  setting = published.get("setting") or {}
+  if any(config.get(key) != value for key, value in setting.items()):
+    return {}
+  return published
+
+
 def markdown(results: dict) -> str:
   """The whole report of one experiment."""
   config = results["config"]
@@ -197,7 +211,7 @@ def markdown(results: dict) -> str:
   ]
   if len(results["tasks"]) == 2:
     parts += [single_task_table(results), ""]
-  published = config.get("published") or {}
+  published = applicable_published(config)
   for scenario, scenario_name in SCENARIO_NAMES.items():
     parts += [
       f"{scenario_name} (the task is {'known' if scenario == 'task_il' else 'unknown'})"

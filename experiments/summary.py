@@ -39,8 +39,13 @@ def reusable(path: str, config) -> dict | None:
   """The results at ``path`` if they were produced by ``config``, else None."""
   if not os.path.exists(path):
     return None
-  with open(path) as file:
-    results = json.load(file)
+  try:
+    with open(path) as file:
+      results = json.load(file)
+  except (OSError, ValueError):  # unreadable or not JSON: run again
+    return None
+  if not isinstance(results, dict):
+    return None
   same = results.get("config") == json.loads(json.dumps(config.to_dict()))
   return results if same else None
 

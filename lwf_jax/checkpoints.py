@@ -28,18 +28,23 @@ def save(directory: str, variables: models.Variables, metadata: dict[str, Any]) 
     )
 
 
-def load(directory: str) -> tuple[models.Variables, dict[str, Any]]:
-  """Reads ``(variables, metadata)`` written by :func:`save`."""
+def _restore(directory: str, **items: ocp.args.CheckpointArgs) -> dict[str, Any]:
   directory = os.path.abspath(directory)
   try:
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-      restored = checkpointer.restore(
-        directory,
-        ocp.args.Composite(
-          variables=ocp.args.StandardRestore(),
-          metadata=ocp.args.JsonRestore(),
-        ),
-      )
+      return checkpointer.restore(directory, ocp.args.Composite(**items))
   except Exception as error:
     raise ValueError(f"cannot read the checkpoint at {directory}: {error}") from error
+
+
+def load(directory: str) -> tuple[models.Variables, dict[str, Any]]:
+  """Reads ``(variables, metadata)`` written by :func:`save`."""
+  restored = _restore(
+    directory, variables=ocp.args.StandardRestore(), metadata=ocp.args.JsonRestore()
+  )
   return dict(restored["variables"]), dict(restored["metadata"])
+
+
+def load_metadata(directory: str) -> dict[str, Any]:
+  """Reads only the metadata written by :func:`save` (no arrays are read)."""
+  return dict(_restore(directory, metadata=ocp.args.JsonRestore())["metadata"])

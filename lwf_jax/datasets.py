@@ -141,6 +141,7 @@ def load_task(
   available = np.unique(train["label"]).tolist()
   if classes is None:
     classes = available
+  classes = tasks.check_classes(classes, where=f"data set {dataset!r}")
   missing = sorted(set(classes) - set(available))
   if missing:
     raise ValueError(

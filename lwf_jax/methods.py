@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from flax import linen as nn
 
-from lwf_jax import inference, models, optim, tasks, train
+from lwf_jax import inference, models, optim, tasks, train, trunks
 
 NEW_HEAD = "heads/{new}/"  # ``{new}`` is replaced by the new task's escaped name
 TRUNK_AND_NEW_HEAD = ("trunk/", NEW_HEAD)
@@ -137,9 +137,9 @@ class Schedule:
 class Recipe:
   """Everything about training that is neither the network nor the data.
 
-  ``objective`` holds the strengths of every loss term; each method switches on
-  the terms it uses (LwF's distillation, LFL's feature penalty, the L2 weight
-  penalty).
+  ``objective`` holds LwF's distillation settings; ``lambda_features`` and
+  ``lambda_weights`` the strengths of LFL's feature penalty and of the L2 weight
+  penalty. Each method switches on the terms it uses.
   """
 
   warmup: Schedule
@@ -149,6 +149,8 @@ class Recipe:
   momentum: float = 0.9
   weight_decay: float = 5e-4
   objective: train.Objective = dataclasses.field(default_factory=train.Objective)
+  lambda_features: float = 0.1
+  lambda_weights: float = 0.01
   inference_batch_size: int = 500
 
   def __post_init__(self):
@@ -163,6 +165,9 @@ class Recipe:
       raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
     if not 0 <= self.weight_decay < math.inf:
       raise ValueError(f"weight_decay must be finite and >= 0, got {self.weight_decay}")
+    for name in ("lambda_features", "lambda_weights"):
+      if not 0 < getattr(self, name) < math.inf:
+        raise ValueError(f"{name} must be finite and > 0, got {getattr(self, name)}")
 
   def stage_objective(
     self, method: Method, old_heads: Sequence[str]
@@ -175,8 +180,8 @@ class Recipe:
         objective.scale_by_temperature_squared or method.temperature_squared
       ),
       online_heads=tuple(old_heads) if method.teacher == "online" else (),
-      lambda_features=objective.lambda_features if method.feature_penalty else 0.0,
-      lambda_weights=objective.lambda_weights if method.weight_penalty else 0.0,
+      lambda_features=self.lambda_features if method.feature_penalty else 0.0,
+      lambda_weights=self.lambda_weights if method.weight_penalty else 0.0,
     )
 
 
@@ -234,7 +239,7 @@ def learn_first_task(
   """Trains a network from scratch on one task (the paper's "original network").
 
   Args:
-    trunk: a trunk module or the name of one in ``lwf_jax.models.TRUNKS``.
+    trunk: a trunk module or the name of one in ``lwf_jax.trunks.TRUNKS``.
     task: the task.
     schedule: epochs and learning rate.
     recipe: the other settings.
@@ -245,7 +250,7 @@ def learn_first_task(
   """
   _check_batch_size(task, recipe)
   if isinstance(trunk, str):
-    trunk = models.make_trunk(trunk)
+    trunk = trunks.make_trunk(trunk)
   init_rng, head_rng, train_rng = jax.random.split(rng, 3)
   model, variables = models.init_trunk(trunk, init_rng, task.image_shape)
   model, variables = models.add_head(

@@ -12,10 +12,15 @@ import numpy as np
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
   """Fraction of ``[n, classes]`` logits whose argmax is the ``[n]`` label."""
-  if len(logits) != len(labels) or len(labels) == 0:
+  logits, labels = np.asarray(logits), np.asarray(labels)
+  if logits.ndim != 2 or len(logits) != len(labels) or len(labels) == 0:
     raise ValueError(
-      f"need as many labels as logits, and some: got {len(logits)} "
-      f"logits and {len(labels)} labels"
+      f"need [n, classes] logits and as many labels, n > 0: got logits of shape "
+      f"{logits.shape} and {len(labels)} labels"
+    )
+  if labels.min() < 0 or labels.max() >= logits.shape[-1]:
+    raise ValueError(
+      f"labels must be in [0, {logits.shape[-1]}), got {labels.min()}..{labels.max()}"
     )
   return float(np.mean(np.argmax(logits, axis=-1) == labels))
 
@@ -41,11 +46,15 @@ def class_incremental_accuracy(
 
 def _check_matrix(matrix: np.ndarray) -> np.ndarray:
   matrix = np.asarray(matrix, float)
-  if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
-    raise ValueError(f"an accuracy matrix is square, got shape {matrix.shape}")
-  lower = np.tril(np.ones(matrix.shape, bool))
-  if np.isnan(matrix[lower]).any():
+  if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or not matrix.size:
+    raise ValueError(
+      f"an accuracy matrix is square and not empty, got shape {matrix.shape}"
+    )
+  seen = matrix[np.tril(np.ones(matrix.shape, bool))]
+  if np.isnan(seen).any():
     raise ValueError("an accuracy matrix needs R[i, j] for every j <= i")
+  if not np.all((seen >= 0) & (seen <= 1)):
+    raise ValueError("accuracies are fractions in [0, 1]")
   return matrix
 
 
@@ -97,6 +106,8 @@ def forward_transfer(matrix: np.ndarray, reference: Sequence[float]) -> float:
     raise ValueError(
       f"need one reference accuracy per task ({len(matrix)}), got {reference.shape}"
     )
+  if not np.all((reference >= 0) & (reference <= 1)):  # NaN fails too
+    raise ValueError(f"reference accuracies are fractions in [0, 1], got {reference}")
   if len(matrix) == 1:
     return float("nan")
   return float(np.mean([matrix[j, j] - reference[j] for j in range(1, len(matrix))]))

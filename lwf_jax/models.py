@@ -9,7 +9,7 @@ forward pass goes through :func:`forward`.
 """
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -19,61 +19,6 @@ from flax import linen as nn
 from lwf_jax import tasks
 
 Variables = dict[str, Any]  # {'params': ..., 'batch_stats': ...}
-
-
-class MLPTrunk(nn.Module):
-  """Fully connected trunk: flatten, then Dense + ReLU (+ dropout) per layer."""
-
-  hidden_sizes: Sequence[int] = (400, 400)
-  dropout_rate: float = 0.0
-
-  @property
-  def num_features(self) -> int:
-    return self.hidden_sizes[-1]
-
-  @nn.compact
-  def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
-    """Maps ``[batch, height, width, channels]`` images to ``[batch, features]``."""
-    x = images.reshape((images.shape[0], -1))
-    for i, size in enumerate(self.hidden_sizes):
-      x = nn.relu(nn.Dense(size, name=f"fc{i + 1}")(x))
-      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return x
-
-
-class CNNTrunk(nn.Module):
-  """A small AlexNet: conv + ReLU + max-pool layers, then fc layers with dropout.
-
-  As in the paper's AlexNet, the fully connected layers (its fc6 and fc7) belong to
-  the shared trunk; only the last linear layer (fc8) is task specific.
-  """
-
-  conv_features: Sequence[int] = (16, 32)
-  dense_features: Sequence[int] = (256, 256)
-  dropout_rate: float = 0.5
-
-  @property
-  def num_features(self) -> int:
-    return self.dense_features[-1]
-
-  @nn.compact
-  def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
-    """Maps ``[batch, height, width, channels]`` images to ``[batch, features]``."""
-    smallest = 2 ** len(self.conv_features)
-    if min(images.shape[1:3]) < smallest:
-      raise ValueError(
-        f"the CNN halves images {len(self.conv_features)} times and needs at least "
-        f"{smallest}x{smallest} pixels, got {images.shape[1]}x{images.shape[2]}"
-      )
-    x = images
-    for i, features in enumerate(self.conv_features):
-      x = nn.relu(nn.Conv(features, (3, 3), name=f"conv{i + 1}")(x))
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
-    x = x.reshape((x.shape[0], -1))
-    for i, features in enumerate(self.dense_features):
-      x = nn.relu(nn.Dense(features, name=f"fc{i + 1}")(x))
-      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return x
 
 
 class HeadSpec(NamedTuple):
@@ -118,8 +63,9 @@ class Heads(nn.Module):
 class MultiHeadNet(nn.Module):
   """A shared trunk with one head per task; returns ``{task: [batch, classes]}``.
 
-  The trunk's output (the shared features) is also sown as
-  ``intermediates/features``; :func:`forward` returns it.
+  The trunk's output (the shared features) is sown as ``intermediates/features``
+  (:func:`forward` returns it); the trunk's ``dropout_rate`` is applied to it on
+  the way to the heads.
   """
 
   trunk: nn.Module
@@ -131,25 +77,23 @@ class MultiHeadNet(nn.Module):
     return [spec.name for spec in self.head_specs]
 
   @nn.compact
-  def __call__(self, images: jax.Array, *, train: bool) -> dict[str, jax.Array]:
-    features = self.trunk(images, train=train)
+  def __call__(
+    self, images: jax.Array, *, train: bool, train_trunk: bool | None = None
+  ) -> dict[str, jax.Array]:
+    """Per-head logits.
+
+    Args:
+      images: ``[batch, height, width, channels]``.
+      train: training mode (dropout on, BatchNorm on batch statistics).
+      train_trunk: the trunk's mode, when it differs: a frozen trunk runs in
+        inference mode (BatchNorm on its running statistics, no dropout inside)
+        while the heads train. Defaults to ``train``.
+    """
+    train_trunk = train if train_trunk is None else train_trunk
+    features = self.trunk(images, train=train_trunk)
     self.sow("intermediates", "features", features)
+    features = nn.Dropout(self.trunk.dropout_rate, deterministic=not train)(features)
     return Heads(self.head_specs, name="heads")(features, train=train)
-
-
-TRUNKS: dict[str, Callable[..., nn.Module]] = {
-  "mlp": MLPTrunk,  # 784-400-400, the MLP of van de Ven & Tolias' Split MNIST.
-  "cnn": CNNTrunk,
-  "mlp_tiny": functools.partial(MLPTrunk, hidden_sizes=(64,)),
-  "cnn_tiny": functools.partial(CNNTrunk, conv_features=(8,), dense_features=(32,)),
-}
-
-
-def make_trunk(name: str) -> nn.Module:
-  """Returns the trunk registered under ``name``."""
-  if name not in TRUNKS:
-    raise ValueError(f"unknown model {name!r}; valid models: {', '.join(TRUNKS)}")
-  return TRUNKS[name]()
 
 
 def init_trunk(trunk: nn.Module, rng: jax.Array, image_shape: Sequence[int]) -> tuple:
@@ -226,6 +170,7 @@ def forward(
   images: jax.Array,
   *,
   train: bool,
+  train_trunk: bool | None = None,
   dropout_rng: jax.Array | None = None,
 ) -> Forward:
   """Per-head logits and shared features of one forward pass.
@@ -236,6 +181,7 @@ def forward(
     images: ``[batch, height, width, channels]``.
     train: training mode (dropout on, BatchNorm on batch statistics) or inference
       mode (dropout off, BatchNorm on running statistics, nothing updated).
+    train_trunk: the trunk's mode if it differs (see :class:`MultiHeadNet`).
     dropout_rng: PRNG key, required when ``train`` and the model uses dropout.
 
   Returns:
@@ -246,7 +192,7 @@ def forward(
   mutable = ["intermediates", "batch_stats"] if train else ["intermediates"]
   rngs = {"dropout": dropout_rng} if train and dropout_rng is not None else {}
   logits, state = model.apply(
-    variables, images, train=train, rngs=rngs, mutable=mutable
+    variables, images, train=train, train_trunk=train_trunk, rngs=rngs, mutable=mutable
   )
   (features,) = state["intermediates"]["features"]
   return Forward(logits, features, state.get("batch_stats", batch_stats))

@@ -101,6 +101,12 @@ def make_optimizer(
   )
 
 
+def trains_any(params: Any, trainable: Sequence[str], prefix: str) -> bool:
+  """Whether any leaf whose path starts with ``prefix`` is trainable."""
+  paths = [p for p in jax.tree.leaves(param_paths(params)) if p.startswith(prefix)]
+  return any(re.match(pattern, path) for pattern in trainable for path in paths)
+
+
 def apply_updates(params: Any, updates: Any, trainable: Sequence[str]) -> Any:
   """``optax.apply_updates`` on trainable leaves; frozen leaves returned as they are.
 

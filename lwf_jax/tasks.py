@@ -88,6 +88,10 @@ def check_name(name: str) -> None:
 
 def check_classes(classes: Sequence[int], *, where: str) -> tuple[int, ...]:
   """The classes as distinct Python ints, at least two; else ``ValueError``."""
+  if isinstance(classes, str | bytes) or not hasattr(classes, "__iter__"):
+    raise ValueError(
+      f"{where}: classes must be a sequence of integers, got {classes!r}"
+    )
   classes = tuple(classes)
   if not all(
     isinstance(c, int | np.integer) and not isinstance(c, bool) for c in classes

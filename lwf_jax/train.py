@@ -171,10 +171,19 @@ def train_step(
   dropout_rng = jax.random.fold_in(state.dropout_rng, state.step)
   images = jnp.concatenate([sub["image"] for sub in batch.values()])
   batch = _with_online_targets(batch, reference, model=model, objective=objective)
+  # A frozen trunk runs in inference mode: BatchNorm on its running statistics.
+  train_trunk = optim.trains_any(state.params, state.trainable, "trunk/")
 
   def loss_fn(params):
     variables = {"params": params, "batch_stats": state.batch_stats}
-    out = models.forward(model, variables, images, train=True, dropout_rng=dropout_rng)
+    out = models.forward(
+      model,
+      variables,
+      images,
+      train=True,
+      train_trunk=train_trunk,
+      dropout_rng=dropout_rng,
+    )
     per_task = _split_by_task(out, batch)
     loss = 0.0
     for task, sub in batch.items():

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from lwf_jax import inference, models
+from lwf_jax import inference, trunks
 from tests import helpers
 
 
@@ -65,7 +65,7 @@ def test_predict_gives_features_of_every_row(bn_network):
 def test_evaluate_counts_only_real_examples_in_both_scenarios():
   a = helpers.toy_task("a", num_test=10)
   b = helpers.toy_task("b", num_classes=4, num_test=10, seed=1)
-  model, variables = helpers.network(models.make_trunk("mlp_tiny"), [a, b])
+  model, variables = helpers.network(trunks.make_trunk("mlp_tiny"), [a, b])
   logits = model.apply(variables, b.test["image"], train=False)
   task_il = np.mean(np.argmax(logits["b"], -1) == b.test["label"])
   combined = np.concatenate([logits["a"], logits["b"]], -1)

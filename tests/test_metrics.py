@@ -16,6 +16,15 @@ def test_accuracy_rejects_mismatched_or_empty():
     metrics.accuracy(np.zeros((2, 3)), np.zeros(3, int))
   with pytest.raises(ValueError):
     metrics.accuracy(np.zeros((0, 3)), np.zeros(0, int))
+  with pytest.raises(ValueError, match="logits of shape"):
+    metrics.accuracy(np.zeros(3), np.zeros(3, int))
+
+
+@pytest.mark.parametrize("labels", [[0, 3], [-1, 0]])
+def test_accuracy_rejects_labels_outside_the_classes(labels):
+  # argmax can never equal label 3 of 3 classes: a silent 0 would hide the bug.
+  with pytest.raises(ValueError, match=r"labels must be in \[0, 3\)"):
+    metrics.accuracy(np.zeros((2, 3)), np.array(labels))
 
 
 NAN = np.nan
@@ -73,14 +82,36 @@ def test_one_task_has_no_transfer_or_forgetting():
   "matrix, message",
   [
     (np.zeros((2, 3)), "square"),
+    (np.zeros((0, 0)), "not empty"),
     (np.array([[0.5, NAN], [NAN, 0.5]]), "every j <= i"),
+    (np.array([[0.5, NAN], [1.5, 0.5]]), r"fractions in \[0, 1\]"),
+    (np.array([[0.5, NAN], [0.4, -0.1]]), r"fractions in \[0, 1\]"),
+    (np.array([[np.inf, NAN], [0.4, 0.1]]), r"fractions in \[0, 1\]"),
+    (np.array([[90.0, NAN], [80.0, 70.0]]), r"fractions in \[0, 1\]"),  # percent
   ],
 )
-def test_bad_matrices_raise(matrix, message):
+@pytest.mark.parametrize(
+  "metric",
+  [
+    metrics.average_accuracy,
+    metrics.forgetting,
+    metrics.backward_transfer,
+    lambda m: metrics.forward_transfer(m, [0.5] * max(len(m), 1)),
+  ],
+)
+def test_bad_matrices_raise(matrix, message, metric):
   with pytest.raises(ValueError, match=message):
-    metrics.average_accuracy(matrix)
+    metric(matrix)
 
 
-def test_forward_transfer_needs_one_reference_per_task():
-  with pytest.raises(ValueError, match="one reference accuracy per task"):
-    metrics.forward_transfer(R, [0.5, 0.5])
+@pytest.mark.parametrize(
+  "reference, message",
+  [
+    ([0.5, 0.5], "one reference accuracy per task"),
+    ([0.5, NAN, 0.5], r"fractions in \[0, 1\]"),
+    ([0.5, 50.0, 0.5], r"fractions in \[0, 1\]"),
+  ],
+)
+def test_forward_transfer_bad_references_raise(reference, message):
+  with pytest.raises(ValueError, match=message):
+    metrics.forward_transfer(R, reference)

@@ -67,6 +67,21 @@ def test_sequence_table_metrics_and_published_column():
   )
 
 
+def test_published_numbers_shown_only_for_their_setting():
+  published = {
+    "source": "Someone (2019)",
+    "setting": {"model": "cnn", "optimizer": "sgd"},
+    "task_il": {"lwf": 99.6},
+  }
+  config = {**RESULTS["config"], "published": published}
+  text = report.markdown({**RESULTS, "config": config})
+  assert "99.60" in text and "Published: Someone (2019)" in text
+  for field, value in [("model", "cnn_tiny"), ("optimizer", "adam")]:
+    changed = {**config, field: value}
+    text = report.markdown({**RESULTS, "config": changed})
+    assert "99.60" not in text and "Someone" not in text, field
+
+
 def test_one_seed_shows_no_spread():
   results = {**RESULTS, "seeds": [0]}
   assert "±" not in report.single_task_table(results)

@@ -69,6 +69,10 @@ class TestMakeTask:
       ((0.0, 1.5), "integers"),
       (("0", "1"), "integers"),
       ((False, True), "integers"),
+      ((0, 1.0), "integers"),
+      (([1], [2]), "integers"),
+      (7, "sequence of integers"),
+      ("01", "sequence of integers"),
     ],
   )
   def test_bad_classes_raise(self, classes, message):
@@ -136,3 +140,9 @@ def test_load_task_bad_names_raise():
     datasets.load_task("cifar10000")
   with pytest.raises(ValueError, match=r"no examples of classes \[10\]"):
     datasets.load_task("mnist5k", classes=(1, 10))
+
+
+@pytest.mark.parametrize("classes", [[[1], [2]], [1, 1], [3], 5, ["1", "2"]])
+def test_load_task_bad_classes_raise_value_error(classes):
+  with pytest.raises(ValueError, match="data set 'uci_digits'"):
+    datasets.load_task("uci_digits", classes=classes)

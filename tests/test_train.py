@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lwf_jax import inference, methods, models, train
+from lwf_jax import inference, methods, models, train, trunks
 from tests import helpers
 
 
@@ -68,7 +68,7 @@ class TestRecordedOutputsStayAttached:
 
   def run_epochs(self, corrupt):
     old, new = helpers.toy_task("old"), helpers.toy_task("new", seed=1)
-    model, variables = helpers.network(models.make_trunk("mlp_tiny"), [old])
+    model, variables = helpers.network(trunks.make_trunk("mlp_tiny"), [old])
     split = dict(new.train)
     split["recorded"] = inference.record_outputs(
       model, variables, split["image"], heads=["old"], batch_size=16
@@ -175,7 +175,7 @@ def test_training_learns_and_updates_batch_statistics():
 
 def test_joint_batches_train_each_head_on_its_own_images():
   a, b = helpers.toy_task("a"), helpers.toy_task("b", num_classes=4, seed=1)
-  model, variables = helpers.network(models.make_trunk("mlp_tiny"), [a, b])
+  model, variables = helpers.network(trunks.make_trunk("mlp_tiny"), [a, b])
   state = make_state(variables, [".*"])
   step_fn = jax.jit(
     functools.partial(train.train_step, model=model, objective=train.Objective())
@@ -198,7 +198,7 @@ def test_joint_batches_train_each_head_on_its_own_images():
 
 def test_one_compilation_per_stage():
   task = helpers.toy_task("t")
-  model, variables = helpers.network(models.make_trunk("mlp_tiny"), [task])
+  model, variables = helpers.network(trunks.make_trunk("mlp_tiny"), [task])
   state = make_state(variables, [".*"])
   counted = chex.assert_max_traces(train.train_step, n=1)
   step_fn = jax.jit(
@@ -215,7 +215,7 @@ def test_one_compilation_per_stage():
 
 def test_non_finite_loss_stops_with_epoch_in_message():
   task = helpers.toy_task("t")
-  model, variables = helpers.network(models.make_trunk("mlp_tiny"), [task])
+  model, variables = helpers.network(trunks.make_trunk("mlp_tiny"), [task])
   state = make_state(variables, [".*"], learning_rate=1e30)
   with pytest.raises(FloatingPointError, match=r"non-finite loss .* epoch 1"):
     train.train(
@@ -232,7 +232,7 @@ def test_non_finite_loss_stops_with_epoch_in_message():
 
 def test_batch_larger_than_data_raises_before_compiling():
   task = helpers.toy_task("t", num_train=10)
-  model, variables = helpers.network(models.make_trunk("mlp_tiny"), [task])
+  model, variables = helpers.network(trunks.make_trunk("mlp_tiny"), [task])
   state = make_state(variables, [".*"])
   with pytest.raises(ValueError, match="batch size 16 exceeds the 10 training"):
     train.train(
@@ -260,7 +260,7 @@ class TestObjectiveTerms:
 
   def setup_method(self):
     self.old, self.new = helpers.toy_task("old"), helpers.toy_task("new", seed=1)
-    model, self.original = helpers.network(models.make_trunk("mlp_tiny"), [self.old])
+    model, self.original = helpers.network(trunks.make_trunk("mlp_tiny"), [self.old])
     self.old_model = model
     self.model, self.variables = models.add_head(
       model, self.original, models.HeadSpec("new", 3), jax.random.key(9)

@@ -29,7 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.name = "mnist_to_uci"  # the experiment's name in reports
   config.seeds = (0, 1)  # one run per seed; reports give mean and std over seeds
-  config.model = "cnn"  # trunk, a key of lwf_jax.models.TRUNKS
+  config.model = "cnn"  # trunk, a key of lwf_jax.trunks.TRUNKS
   # The tasks, in order; the first one is learned from scratch.
   config.tasks = (task("mnist5k"), task("uci_digits"))
   # Methods to compare, keys of lwf_jax.methods.METHODS.
@@ -59,7 +59,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.lfl = ml_collections.ConfigDict({"lambda_features": 0.1})
   # The L2 soft constraint's weight on the trunk's squared distance to the old trunk.
   config.l2_soft = ml_collections.ConfigDict({"lambda_weights": 0.01})
-  # Published numbers to print beside ours: {"source": str, "task_il": {method:
-  # accuracy %}, "class_il": {...}}; empty when no published setting matches.
+  # Published numbers to print beside ours: {"source": str, "setting": {config
+  # field: value}, "task_il": {method: accuracy %}, "class_il": {...}}; shown only
+  # while the config's fields equal "setting"'s; empty when none match.
   config.published = ml_collections.ConfigDict()
   return config

@@ -55,6 +55,8 @@ def get_config():
       "warm-up; their Class-IL networks are trained with one softmax over all "
       "classes seen so far, ours with one head per task whose logits are compared "
       "only at test time.",
+      # Shown only while the config keeps these settings.
+      "setting": {"model": "mlp", "optimizer": "adam", "batch_size": 128},
       "task_il": {"lwf": 99.60, "fine_tuning": 85.15, "joint": 99.64},
       "class_il": {"lwf": 24.17},
     }
