@@ -27,18 +27,29 @@ import numpy as np
 
 from experiments import report
 from lwf_jax import (
+  augment,
   checkpoints,
   datasets,
   methods,
   metrics,
   models,
+  parallel,
   sequence,
   tasks,
   trunks,
 )
 from lwf_jax import train as train_lib
 
-TASK_KEYS = ("dataset", "name", "classes", "max_train_per_class", "permutation_seed")
+TASK_KEYS = (
+  "dataset",
+  "name",
+  "classes",
+  "max_train_per_class",
+  "permutation_seed",
+  "image_size",
+  "channels",
+  "data_dir",
+)
 SCENARIOS = ("task_il", "class_il")
 
 
@@ -55,6 +66,11 @@ def load_task(spec: dict) -> tasks.Task:
     classes=tuple(spec.get("classes") or ()) or None,
     max_train_per_class=spec.get("max_train_per_class", 0),
     permutation_seed=spec.get("permutation_seed"),
+    image_size=spec.get("image_size"),
+    channels=spec.get("channels"),
+    data_dir=spec.get("data_dir") or None,
+    # On several processes, each reads and keeps its own shard (lwf_jax.parallel).
+    shard=(jax.process_index(), jax.process_count()),
   )
 
 
@@ -66,6 +82,8 @@ def task_settings(spec: dict, task: tasks.Task) -> dict:
     "classes": list(task.classes),
     "max_train_per_class": spec.get("max_train_per_class", 0),
     "permutation_seed": spec.get("permutation_seed"),
+    "image_size": spec.get("image_size"),
+    "channels": spec.get("channels"),
   }
 
 
@@ -82,7 +100,15 @@ def make_recipe(config: ml_collections.ConfigDict) -> methods.Recipe:
     lambda_features=config.lfl.lambda_features,
     lambda_weights=config.l2_soft.lambda_weights,
     inference_batch_size=config.inference_batch_size,
+    num_devices=parallel.resolve_num_devices(config.num_devices),
+    augmentation=augment.Augmentation(**config.augment),
+    subtract_mean=config.subtract_mean,
   )
+
+
+def make_trunk(config: ml_collections.ConfigDict):
+  """The config's trunk, computing in its ``compute_dtype``."""
+  return trunks.make_trunk(config.model, config.compute_dtype)
 
 
 def method_runs(config: ml_collections.ConfigDict) -> dict[str, tuple]:
@@ -121,6 +147,9 @@ def first_task_settings(
     "optimizer": config.optimizer,
     "momentum": config.momentum,
     "weight_decay": config.weight_decay,
+    "augment": config.augment.to_dict(),
+    "subtract_mean": config.subtract_mean,
+    "compute_dtype": config.compute_dtype,
   }
   return json.loads(json.dumps(settings))  # as read back: tuples become lists
 
@@ -156,14 +185,20 @@ def first_network(
     ``(model, variables, seconds spent training; 0 when loaded)``.
   """
   directory = first_network_directory(workdir, seed)
-  trunk = trunks.make_trunk(config.model)
+  trunk = make_trunk(config)
+  recipe = make_recipe(config)
   if os.path.exists(directory):
     check_first_network(config, task, workdir, seed)
     variables, _ = checkpoints.load(directory)
     model = models.MultiHeadNet(
       trunk=trunk,
-      head_specs=(models.HeadSpec(task.name, task.num_classes),),
-      image_shape=task.image_shape,
+      head_specs=(
+        models.HeadSpec(task.name, task.num_classes, multi_label=task.multi_label),
+      ),
+      image_shape=methods.input_shape(task.image_shape, recipe.augmentation),
+      pixel_mean=methods.pixel_mean(task.train["image"])
+      if recipe.subtract_mean
+      else (),
     )
     print(f"Reusing the network trained on {task.name!r} in {directory}.")
     return model, variables, 0.0
@@ -172,7 +207,7 @@ def first_network(
       trunk,
       task,
       schedule=methods.Schedule(**config.first_task),
-      recipe=make_recipe(config),
+      recipe=recipe,
       rng=jax.random.key(seed),
     )
   checkpoints.save(directory, variables, first_task_settings(config, task, seed))
@@ -187,14 +222,18 @@ def reference_accuracies(
   accuracies = []
   for i, task in enumerate(task_list):
     model, variables = methods.learn_first_task(
-      config.model,
+      make_trunk(config),
       task,
       schedule=methods.Schedule(**config.first_task),
       recipe=recipe,
       rng=jax.random.fold_in(jax.random.key(seed), 1000 + i),
     )
     task_il, _ = sequence.evaluate_row(
-      model, variables, [task], batch_size=config.inference_batch_size
+      model,
+      variables,
+      [task],
+      batch_size=recipe.inference_batch_size,
+      num_devices=recipe.num_devices,
     )
     accuracies.append(task_il[0])
   return accuracies
@@ -217,13 +256,14 @@ def check_config(config: ml_collections.ConfigDict) -> list[tasks.Task]:
     raise ValueError(f"config.seeds repeat a seed: {list(seeds)}")
   if len(config.tasks) < 2:
     raise ValueError("an experiment needs at least two tasks")
-  trunks.make_trunk(config.model)
+  make_trunk(config)
   method_runs(config)
   methods.Schedule(**config.first_task)
   task_list = [load_task(spec) for spec in config.tasks]
   tasks.check_task_sequence(task_list)
-  for task in task_list:
-    if config.batch_size > len(task.train["label"]):
+  methods.input_shape(task_list[0].image_shape, make_recipe(config).augmentation)
+  for task in task_list:  # this process's shard of each
+    if config.batch_size > len(task.train["label"]) * jax.process_count():
       raise ValueError(
         f"batch size {config.batch_size} exceeds the {len(task.train['label'])} "
         f"training examples of task {task.name!r}"
@@ -263,14 +303,21 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   report.check_writable(workdir)
   for seed in config.seeds:
     check_first_network(config, task_list[0], workdir, seed)
+  # On several processes, the first writes the results; all write checkpoints
+  # (orbax coordinates them).
+  primary = jax.process_index() == 0
   partial = os.path.join(workdir, "results.partial.json")
-  if os.path.exists(partial):  # an earlier, unfinished run's
+  if primary and os.path.exists(partial):  # an earlier, unfinished run's
     os.remove(partial)
   start = time.perf_counter()
 
+  multi_label = [t.name for t in task_list if t.multi_label]
+  scenarios = ["task_il"] if multi_label else list(SCENARIOS)
   results = {
     "experiment": config.name,
     "tasks": [t.name for t in task_list],
+    "scenarios": scenarios,
+    "multi_label_tasks": multi_label,
     "seeds": list(config.seeds),
     "first_task": {},
     "reference": {} if config.reference else None,
@@ -296,7 +343,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       }
       # What is finished survives a failure later on; results.json, the last
       # complete run's, is replaced only when this run completes.
-      report.write_json(partial, {**results, "config": config.to_dict()})
+      if primary:
+        report.write_json(partial, {**results, "config": config.to_dict()})
     if config.reference:
       results["reference"][str(seed)] = reference_accuracies(config, task_list, seed)
 
@@ -305,7 +353,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   )
   for entry in results["methods"].values():
     per_seed = [entry["seeds"][str(s)] for s in config.seeds]
-    for scenario in SCENARIOS:
+    for scenario in scenarios:
       matrices = [np.array(r[scenario], float) for r in per_seed]
       # The single-task references are task-incremental accuracies.
       entry[scenario] = summarize(
@@ -315,6 +363,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   results["wall_time_s"] = time.perf_counter() - start
   results["config"] = config.to_dict()
-  text = report.write_all(results, workdir)
-  os.remove(partial)
+  text = report.markdown(results)
+  if primary:
+    report.write_all(results, workdir)
+    os.remove(partial)
   return {**results, "markdown": text}

@@ -1,7 +1,13 @@
-"""Runs an experiment: ``python -m experiments.main --config=... --workdir=...``."""
+"""Runs an experiment: ``python -m experiments.main --config=... --workdir=...``.
+
+On several hosts, start the same command in every process with
+``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` (or
+``--distributed`` where JAX finds them itself: Cloud TPU, SLURM, Open MPI).
+"""
 
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -12,6 +18,24 @@ _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Directory for checkpoints and results."
 )
 flags.mark_flags_as_required(["config", "workdir"])
+_DISTRIBUTED = flags.DEFINE_bool(
+  "distributed", False, "Join a multi-process run whose settings JAX detects."
+)
+_COORDINATOR = flags.DEFINE_string(
+  "coordinator_address", None, "HOST:PORT of process 0, for a multi-process run."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
+def initialize_distributed() -> None:
+  """``jax.distributed.initialize`` when the flags ask for several processes."""
+  if _COORDINATOR.value:
+    jax.distributed.initialize(
+      _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
+    )
+  elif _DISTRIBUTED.value:
+    jax.distributed.initialize()
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -33,10 +57,12 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
   try:
+    initialize_distributed()
     results = continual.run(_CONFIG.value, _WORKDIR.value)
   except (ValueError, OSError, FloatingPointError) as error:
     sys.exit("error: " + " ".join(str(error).split()))  # one line
-  print(results["markdown"])
+  if jax.process_index() == 0:
+    print(results["markdown"])
 
 
 if __name__ == "__main__":

@@ -101,6 +101,12 @@ def write_json(path: str, data: Any) -> None:
   write_text(path, json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n")
 
 
+def scenarios(results: dict) -> list[str]:
+  """The scenarios reported: class-incremental only where every task is
+  single-label (a multi-label task has no one class to pick)."""
+  return results.get("scenarios", list(SCENARIO_NAMES))
+
+
 def label(name: str) -> str:
   """A method's display name; sweep labels keep their suffix."""
   base, _, suffix = name.partition(" ")
@@ -212,7 +218,8 @@ def markdown(results: dict) -> str:
   if len(results["tasks"]) == 2:
     parts += [single_task_table(results), ""]
   published = applicable_published(config)
-  for scenario, scenario_name in SCENARIO_NAMES.items():
+  for scenario in scenarios(results):
+    scenario_name = SCENARIO_NAMES[scenario]
     parts += [
       f"{scenario_name} (the task is {'known' if scenario == 'task_il' else 'unknown'})"
       ", after the last task, in %:",
@@ -222,6 +229,13 @@ def markdown(results: dict) -> str:
     ]
   if published:
     parts += [f"Published: {published['source']}", ""]
+  if results.get("multi_label_tasks"):
+    parts += [
+      "Multi-label tasks ("
+      + ", ".join(results["multi_label_tasks"])
+      + ") are scored by mean average precision in place of accuracy.",
+      "",
+    ]
   parts += [
     "Average accuracy: over all tasks after the last; forgetting: Chaudhry et al. "
     "(2018); backward transfer: Lopez-Paz & Ranzato (2017)"
@@ -329,7 +343,7 @@ def write_all(results: dict, workdir: str) -> str:
   text = markdown(results)
   write_json(os.path.join(workdir, "results.json"), results)
   write_text(os.path.join(workdir, "results.md"), text)
-  for scenario in SCENARIO_NAMES:
+  for scenario in scenarios(results):
     plot_curves(results, scenario, os.path.join(workdir, f"curves_{scenario}.png"))
     plot_matrices(results, scenario, os.path.join(workdir, f"matrix_{scenario}.png"))
   return text

@@ -8,6 +8,7 @@ stored with TensorStore and metadata as JSON, so loading never executes code.
 import os
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 from lwf_jax import models
@@ -18,6 +19,9 @@ def save(directory: str, variables: models.Variables, metadata: dict[str, Any]) 
   directory = os.path.abspath(directory)
   if os.path.exists(directory):
     raise FileExistsError(f"refusing to overwrite the checkpoint at {directory}")
+  # Host arrays: on several processes, device arrays from a pmapped program are
+  # process-local, which orbax cannot write; every process holds the same values.
+  variables = jax.device_get(variables)
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
     checkpointer.save(
       directory,

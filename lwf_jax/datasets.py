@@ -10,15 +10,20 @@ random numbers, so it is the same on every machine and library version.
 - ``uci_digits``: the 1,797 UCI handwritten digits of
   ``sklearn.datasets.load_digits()``, 8x8 with 17 grey levels, resized bilinearly
   to 28x28 so the same trunk reads both: 1,442 train / 355 test.
+
+:func:`load_task` also reaches the larger data sets of :mod:`lwf_jax.catalog`
+(the paper's ImageNet, Places365, CUB, VOC, MIT Indoor 67, and others), which
+need prepared files and an ``image_size``; :func:`names` lists every name.
 """
 
 import functools
+import os
 from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
 
-from lwf_jax import tasks
+from lwf_jax import catalog, tasks
 
 TEST_EVERY = 5  # every fifth example of each class is a test example
 
@@ -96,6 +101,11 @@ def permute_pixels(split: tasks.Split, seed: int) -> tasks.Split:
   return {**split, "image": flat.reshape(images.shape)}
 
 
+def names() -> tuple[str, ...]:
+  """Every data set :func:`load_task` loads: the offline ones, then the catalog's."""
+  return (*DATASETS, *catalog.names())
+
+
 def load_task(
   dataset: str,
   *,
@@ -103,18 +113,32 @@ def load_task(
   classes: Sequence[int] | None = None,
   max_train_per_class: int = 0,
   permutation_seed: int | None = None,
+  image_size: int | None = None,
+  channels: int | None = None,
+  data_dir: str | os.PathLike | None = None,
+  shard: tuple[int, int] = (0, 1),
 ) -> tasks.Task:
   """Loads a registered data set as a :class:`~lwf_jax.tasks.Task`.
 
   Args:
-    dataset: a key of :data:`DATASETS`.
+    dataset: one of :func:`names`: a key of :data:`DATASETS` (offline), or of
+      :data:`lwf_jax.catalog.CATALOG` or :data:`lwf_jax.catalog.IMAGE_FOLDERS`,
+      loaded by :func:`lwf_jax.catalog.load_task`.
     name: the task's name; defaults to ``dataset``, with ``_perm<seed>`` appended
       for a permuted task.
     classes: the original labels to keep, in head order; defaults to all.
     max_train_per_class: if positive, keep only the first that many training
       examples of each class (for quick runs); the test split is untouched.
     permutation_seed: if given, permute the pixels of every image with the
-      permutation of :func:`permute_pixels` for this seed.
+      permutation of :func:`permute_pixels` for this seed (offline data sets).
+    image_size: catalog data sets only (required there): the side images are
+      resized to.
+    channels: catalog data sets only: see :func:`lwf_jax.catalog.load_task`.
+    data_dir: catalog data sets only: the TFDS data directory, or an image
+      folder's root.
+    shard: ``(index, count)``: only every ``count``-th example, from the
+      ``index``-th (:func:`lwf_jax.tasks.take_shard`), one process's shard of a
+      multi-process run; catalog data sets read and hold only that shard.
 
   Returns:
     The checked task.
@@ -133,9 +157,41 @@ def load_task(
     raise ValueError(
       f"permutation_seed must be None or an integer >= 0, got {permutation_seed!r}"
     )
+  if dataset in catalog.names():
+    if permutation_seed is not None:
+      raise ValueError(
+        f"data set {dataset!r}: permutation_seed is only for the offline data sets "
+        f"{', '.join(DATASETS)}"
+      )
+    if image_size is None:
+      raise ValueError(f"data set {dataset!r} needs an image_size")
+    return catalog.load_task(
+      dataset,
+      image_size=image_size,
+      name=name,
+      classes=classes,
+      max_train_per_class=max_train_per_class,
+      channels=channels,
+      data_dir=data_dir,
+      shard=shard,
+    )
   if dataset not in DATASETS:
     raise ValueError(
-      f"unknown data set {dataset!r}; valid data sets: {', '.join(DATASETS)}"
+      f"unknown data set {dataset!r}; valid data sets: {', '.join(names())}"
+    )
+  given = {
+    key: value
+    for key, value in (
+      ("image_size", image_size),
+      ("channels", channels),
+      ("data_dir", data_dir),
+    )
+    if value is not None
+  }
+  if given:
+    raise ValueError(
+      f"data set {dataset!r} is offline, with fixed 28x28x1 images: "
+      f"{', '.join(given)} must be None, got {given}"
     )
   train, test = DATASETS[dataset]()
   available = np.unique(train["label"]).tolist()
@@ -157,7 +213,8 @@ def load_task(
     train = permute_pixels(train, permutation_seed)
     test = permute_pixels(test, permutation_seed)
     name = name or f"{dataset}_perm{permutation_seed}"
-  return tasks.make_task(name or dataset, classes, train, test)
+  task = tasks.make_task(name or dataset, classes, train, test)
+  return tasks.take_shard(task, *shard)
 
 
 def _first_per_class(split: tasks.Split, count: int) -> tasks.Split:

@@ -3,7 +3,10 @@
 Inference mode means dropout off and BatchNorm on its running statistics; nothing
 in the network's variables is updated. The split is cut into fixed-size batches,
 the last one padded, so one compiled program serves every batch; padding rows are
-dropped before anything is returned.
+dropped (outputs) or masked (counts) before anything is returned. Each batch is
+split over ``num_devices`` local devices (see :mod:`lwf_jax.parallel`). On several
+processes each records and evaluates its own shard; evaluation's counts are then
+summed over the processes.
 """
 
 import functools
@@ -11,9 +14,10 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from lwf_jax import metrics, models, tasks
+from lwf_jax import metrics, models, parallel, tasks
 
 
 class Prediction(NamedTuple):
@@ -23,10 +27,54 @@ class Prediction(NamedTuple):
   features: np.ndarray  # [n, features], the trunk's output
 
 
-@functools.partial(jax.jit, static_argnames="model")
-def _inference_step(variables, images, *, model):
+def _inference_step(variables, images, *, model, axis_name=None):
+  del axis_name  # every row is independent
   out = models.forward(model, variables, images, train=False)
   return out.logits, out.features
+
+
+def _eval_step(variables, images, labels, mask, *, model, task, axis_name=None):
+  """Correct predictions in both scenarios, and real examples, among ``mask``'s rows.
+
+  Sums, not means: summed over devices and batches, then divided once on the host.
+  """
+  logits = models.forward(model, variables, images, train=False).logits
+  heads = model.head_names
+  offset = sum(logits[h].shape[-1] for h in heads[: heads.index(task)])
+  combined = jnp.concatenate([logits[h] for h in heads], axis=-1)
+  counts = {
+    "task_il": jnp.sum((jnp.argmax(logits[task], -1) == labels) & mask),
+    "class_il": jnp.sum((jnp.argmax(combined, -1) == labels + offset) & mask),
+    "count": jnp.sum(mask),
+  }
+  return parallel.psum(counts, axis_name)
+
+
+@functools.cache
+def _compiled(step, model: models.MultiHeadNet, num_devices: int, **static):
+  bound = functools.partial(step, model=model, **static)
+  return parallel.compile_step(bound, num_devices, local=True)
+
+
+def _batches(arrays: Sequence[np.ndarray], batch_size: int, num_devices: int):
+  """Yields ``(arrays' rows, mask)`` per batch, sharded over the devices.
+
+  The last batch is padded with zero rows, False in ``mask``, so that one
+  compiled program serves every batch.
+  """
+  num_examples = len(arrays[0])
+  if num_examples == 0 or batch_size < 1:
+    raise ValueError(
+      f"need images and a batch size >= 1, got {num_examples} images and batch "
+      f"size {batch_size}"
+    )
+  batch_size = min(batch_size, num_examples)
+  batch_size += -batch_size % num_devices  # equal slices on every device
+  padded = [parallel.pad_to_multiple(a, batch_size)[0] for a in arrays]
+  _, mask = parallel.pad_to_multiple(arrays[0], batch_size)
+  for start in range(0, len(mask), batch_size):
+    rows = slice(start, start + batch_size)
+    yield parallel.shard(([a[rows] for a in padded], mask[rows]), num_devices)
 
 
 def predict(
@@ -35,6 +83,7 @@ def predict(
   images: np.ndarray,
   *,
   batch_size: int,
+  num_devices: int = 1,
 ) -> Prediction:
   """Every head's logits and the shared features for ``images``, in inference mode.
 
@@ -42,30 +91,21 @@ def predict(
     model: the network.
     variables: its variables.
     images: ``[n, height, width, channels]``.
-    batch_size: examples per compiled pass.
+    batch_size: examples per compiled pass (rounded up to a multiple of
+      ``num_devices``).
+    num_devices: local devices to split each batch over.
 
   Returns:
-    The prediction, as float32 NumPy arrays.
+    The prediction, as float32 NumPy arrays, row ``i`` for ``images[i]``.
   """
-  num_examples = len(images)
-  if num_examples == 0 or batch_size < 1:
-    raise ValueError(
-      f"need images and a batch size >= 1, got {num_examples} images and batch "
-      f"size {batch_size}"
-    )
-  batch_size = min(batch_size, num_examples)
-  num_batches = -(-num_examples // batch_size)
-  padding = num_batches * batch_size - num_examples
-  images = np.concatenate(
-    [images, np.zeros((padding, *images.shape[1:]), images.dtype)]
-  )
+  step = _compiled(_inference_step, model, num_devices)
+  replicated = parallel.replicate(variables, num_devices)
   outputs = [
-    _inference_step(
-      variables, images[i * batch_size : (i + 1) * batch_size], model=model
-    )
-    for i in range(num_batches)
+    parallel.unshard(step(replicated, batch), num_devices)
+    for (batch,), _ in _batches([images], batch_size, num_devices)
   ]
   outputs = jax.device_get(outputs)
+  num_examples = len(images)
   return Prediction(
     logits={
       head: np.concatenate([logits[head] for logits, _ in outputs])[:num_examples]
@@ -82,6 +122,7 @@ def record_outputs(
   *,
   heads: Sequence[str],
   batch_size: int,
+  num_devices: int = 1,
 ) -> dict[str, np.ndarray]:
   """LwF step 1: the current network's outputs of ``heads`` on the new task's images.
 
@@ -91,6 +132,7 @@ def record_outputs(
     images: ``[n, height, width, channels]`` training images of the new task.
     heads: the old heads to record.
     batch_size: examples per compiled pass.
+    num_devices: local devices to split each batch over.
 
   Returns:
     ``{head: [n, classes]}`` recorded logits, row ``i`` for ``images[i]``.
@@ -100,7 +142,9 @@ def record_outputs(
     raise ValueError(
       f"cannot record heads {unknown}: the network has {model.head_names}"
     )
-  logits = predict(model, variables, images, batch_size=batch_size).logits
+  logits = predict(
+    model, variables, images, batch_size=batch_size, num_devices=num_devices
+  ).logits
   return {head: logits[head] for head in heads}
 
 
@@ -110,21 +154,51 @@ def evaluate(
   task: tasks.Task,
   *,
   batch_size: int,
+  num_devices: int = 1,
 ) -> dict[str, float]:
   """Test accuracy of ``task`` in both scenarios.
+
+  Correct predictions and examples are counted on the devices (padding rows
+  masked out), summed over devices and batches, and divided once.
 
   Returns:
     ``{'task_il': ..., 'class_il': ...}``: task-incremental accuracy (the task is
     known, its own head decides) and class-incremental accuracy (the task is
     unknown: the argmax over every head's classes must be this task's class).
+    For a multi-label task, ``task_il`` is its head's mean average precision
+    and ``class_il`` NaN (no single class to pick).
   """
   if task.name not in model.head_names:
     raise ValueError(
       f"no head for task {task.name!r}; the network has {model.head_names}"
     )
-  logits = predict(model, variables, task.test["image"], batch_size=batch_size).logits
-  labels = task.test["label"]
+  if task.multi_label:
+    return _evaluate_multi_label(
+      model, variables, task, batch_size=batch_size, num_devices=num_devices
+    )
+  step = _compiled(_eval_step, model, num_devices, task=task.name)
+  replicated = parallel.replicate(variables, num_devices)
+  split = [task.test["image"], task.test["label"]]
+  counts = [
+    step(replicated, images, labels, mask)
+    for (images, labels), mask in _batches(split, batch_size, num_devices)
+  ]
+  names = ("task_il", "class_il", "count")
+  local = [sum(int(np.ravel(c[n])[0]) for c in jax.device_get(counts)) for n in names]
+  totals = dict(zip(names, parallel.process_sum(np.array(local)).tolist(), strict=True))
   return {
-    "task_il": metrics.accuracy(logits[task.name], labels),
-    "class_il": metrics.class_incremental_accuracy(logits, task.name, labels),
+    scenario: totals[scenario] / totals["count"] for scenario in ("task_il", "class_il")
+  }
+
+
+def _evaluate_multi_label(model, variables, task, *, batch_size, num_devices):
+  """Mean average precision of ``task``'s head over the whole test split (every
+  process's shard: a ranking measure needs all scores at once)."""
+  scores = predict(
+    model, variables, task.test["image"], batch_size=batch_size, num_devices=num_devices
+  ).logits[task.name]
+  scores, targets = parallel.process_concatenate([scores, task.test["label"]])
+  return {
+    "task_il": metrics.mean_average_precision(scores, targets),
+    "class_il": float("nan"),
   }

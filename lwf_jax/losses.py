@@ -2,14 +2,15 @@
 
 Every function here takes logits of shape ``[batch, num_classes]`` for one head and
 returns a ``[batch]`` array; the caller reduces (mean over the batch, sum over heads).
-A head's softmax only ever sees that head's own logits.
+A head's softmax only ever sees that head's own logits. A multi-label head (PASCAL
+VOC) has no softmax: each of its labels is a sigmoid, its own two-way classifier.
 
 References:
   Li & Hoiem, "Learning without Forgetting", ECCV 2016 / TPAMI 2017, arXiv:1606.09282.
   Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network", 2015.
 """
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import jax
@@ -51,6 +52,22 @@ def _select_rows(where: jax.Array | None, values: jax.Array, fill=0) -> jax.Arra
   if where is None:
     return values
   return jnp.where(where.reshape(-1, *[1] * (values.ndim - 1)), values, fill)
+
+
+def _weighted(weights: jax.Array, log_probs: jax.Array) -> jax.Array:
+  """``weights * log_probs``, with 0 where a weight is 0 even against ``log 0``.
+
+  A NaN weight stays NaN: a broken recording must show in the loss, never vanish.
+  """
+  return jnp.where(weights == 0, 0.0, weights * log_probs)
+
+
+def _limit_at_infinity(logits: jax.Array) -> jax.Array:
+  """Logits whose softmax is the limit where a row holds ``+inf``: uniform over
+  its ``+inf`` entries (the softmax of the raw row is NaN there)."""
+  infinite = jnp.isposinf(logits)
+  limit = jnp.where(infinite, 0.0, -jnp.inf)
+  return jnp.where(infinite.any(axis=-1, keepdims=True), limit, logits)
 
 
 def _pair(
@@ -118,6 +135,59 @@ def cross_entropy(
   return _select_rows(where, loss, 0.0)
 
 
+def _sigmoid_cross_entropy(
+  logits: jax.Array, targets: jax.Array, complements: jax.Array
+) -> jax.Array:
+  """``-sum_k [t_k log sigmoid(z_k) + c_k log sigmoid(-z_k)]``, over the last axis."""
+  return -jnp.sum(
+    _weighted(targets, jax.nn.log_sigmoid(logits))
+    + _weighted(complements, jax.nn.log_sigmoid(-logits)),
+    axis=-1,
+  )
+
+
+def binary_cross_entropy(
+  logits: ArrayLike, labels: ArrayLike, *, where: ArrayLike | None = None
+) -> jax.Array:
+  r"""Sigmoid cross-entropy of a multi-label head, summed over its labels.
+
+  .. math:: \ell = -\sum_k \big[ y_k \log \sigma(z_k)
+     + (1 - y_k) \log (1 - \sigma(z_k)) \big]
+
+  with :math:`\log(1 - \sigma(z)) = \log \sigma(-z)`, both from
+  ``jax.nn.log_sigmoid``: finite for ``|z| = 1e4`` and exact for small losses
+  (``z = 30``, ``y = 1``: ``9.36e-14``, not 0). Summed over the labels, not averaged:
+  Caffe's ``SigmoidCrossEntropyLoss``, which the paper's VOC experiments use,
+  normalises by the batch only, and the caller takes that mean.
+
+  Args:
+    logits: ``[batch, num_labels]`` unnormalised scores of one multi-label head.
+    labels: ``[batch, num_labels]`` multi-hot targets, 0 or 1, of any numeric dtype.
+    where: optional ``[batch]`` booleans; masked-out examples give 0 and no
+      gradient, whatever their logits and labels.
+
+  Returns:
+    ``[batch]`` losses.
+
+  >>> import jax.numpy as jnp
+  >>> print(binary_cross_entropy(jnp.array([[0.0, -1e4]]), jnp.array([[1, 0]])))
+  [0.6931472]
+
+  References:
+    Li & Hoiem 2017, Sec. 3 (multi-label old and new tasks).
+  """
+  logits, labels = _float(logits), _float(labels)
+  _check_logits(logits)
+  if labels.shape != logits.shape:
+    raise ValueError(
+      f"labels must be multi-hot of the logits' shape {logits.shape}, got shape "
+      f"{labels.shape}"
+    )
+  where = _mask(where, logits.shape[0])
+  logits, labels = _select_rows(where, logits), _select_rows(where, labels)
+  return _select_rows(where, _sigmoid_cross_entropy(logits, labels, 1 - labels), 0.0)
+
+
 def distillation_loss(
   logits: ArrayLike,
   recorded_logits: ArrayLike,
@@ -144,7 +214,9 @@ def distillation_loss(
   Args:
     logits: ``[batch, num_classes]`` current logits of one old head.
     recorded_logits: ``[batch, num_classes]`` that head's logits recorded from the
-      old network on the same examples.
+      old network on the same examples; ``-inf`` is a probability of 0, ``+inf``
+      takes the limit (all the mass on the row's ``+inf`` classes), and NaN gives
+      a NaN loss.
     temperature: ``T > 0``; the paper uses 2.
     scale_by_temperature_squared: multiply the loss by ``T**2``.
     where: optional ``[batch]`` booleans; masked-out examples give 0.
@@ -161,11 +233,11 @@ def distillation_loss(
     Li & Hoiem 2017, Eq. 2-4; Hinton et al. 2015.
   """
   logits, recorded_logits, where = _pair(logits, recorded_logits, where)
-  targets = jax.nn.softmax(recorded_logits / temperature)
+  targets = jax.nn.softmax(_limit_at_infinity(recorded_logits) / temperature)
   log_probs = jax.nn.log_softmax(logits / temperature)
   # A target of exactly 0 contributes 0 even where the current log-probability is
   # -inf (0 * log 0 := 0), never NaN.
-  loss = -jnp.sum(jnp.where(targets > 0, targets * log_probs, 0.0), axis=-1)
+  loss = -jnp.sum(_weighted(targets, log_probs), axis=-1)
   if scale_by_temperature_squared:
     loss = loss * temperature**2
   return _select_rows(where, loss, 0.0)
@@ -196,13 +268,106 @@ def distillation_kl(
     ``[batch]`` divergences, ``>= 0``.
   """
   logits, recorded_logits, where = _pair(logits, recorded_logits, where)
-  log_targets = jax.nn.log_softmax(recorded_logits / temperature)
+  log_targets = jax.nn.log_softmax(_limit_at_infinity(recorded_logits) / temperature)
   log_probs = jax.nn.log_softmax(logits / temperature)
   targets = jnp.exp(log_targets)
   # A recorded probability of exactly 0 contributes 0 (0 * log 0 := 0), never NaN.
-  terms = jnp.where(targets > 0, targets * (log_targets - log_probs), 0.0)
+  terms = _weighted(targets, log_targets - log_probs)
   # Rounding can leave a divergence of exactly matching outputs at -1e-12.
   kl = jnp.maximum(jnp.sum(terms, axis=-1), 0.0)
+  return _select_rows(where, kl, 0.0)
+
+
+def binary_distillation_loss(
+  logits: ArrayLike,
+  recorded_logits: ArrayLike,
+  *,
+  temperature: float = 2.0,
+  scale_by_temperature_squared: bool = False,
+  where: ArrayLike | None = None,
+) -> jax.Array:
+  r"""LwF's :math:`\mathcal{L}_{old}` for one multi-label old head, summed over labels.
+
+  .. math:: \mathcal{L}_{old} = -\sum_k \big[ \sigma(r_k / T) \log \sigma(z_k / T)
+     + (1 - \sigma(r_k / T)) \log (1 - \sigma(z_k / T)) \big]
+
+  "If an old task is multi-label classification, we take the loss for each old task
+  and label" (Li & Hoiem): each label is its own two-way classifier, so this is
+  exactly :func:`distillation_loss` applied per label to the logits ``[z_k, 0]``
+  against ``[r_k, 0]`` (``softmax([a, 0])_0 = sigmoid(a)``), summed over the labels.
+  The gradient with respect to ``z_k`` is ``(sigmoid(z_k/T) - sigmoid(r_k/T)) / T``;
+  no gradient reaches the recorded logits. Finite, with finite gradients, for
+  recorded logits of ``+-1e4`` or ``+-inf``. No ``T**2`` factor unless
+  ``scale_by_temperature_squared`` is set, as in :func:`distillation_loss`.
+
+  Args:
+    logits: ``[batch, num_labels]`` current logits of one multi-label old head.
+    recorded_logits: ``[batch, num_labels]`` that head's logits recorded from the
+      old network on the same examples.
+    temperature: ``T > 0``; the paper uses 2.
+    scale_by_temperature_squared: multiply the loss by ``T**2``.
+    where: optional ``[batch]`` booleans; masked-out examples give 0.
+
+  Returns:
+    ``[batch]`` losses.
+
+  >>> import jax.numpy as jnp
+  >>> print(binary_distillation_loss(jnp.array([[0.0, 0.0]]),
+  ...                                jnp.array([[1e4, -jnp.inf]])))
+  [1.3862944]
+
+  References:
+    Li & Hoiem 2017, Sec. 3 and Eq. 2-4; Hinton et al. 2015.
+  """
+  logits, recorded_logits, where = _pair(logits, recorded_logits, where)
+  z, r = logits / temperature, recorded_logits / temperature
+  # sigmoid(-r), not 1 - sigmoid(r), which rounds to 0 for a confident recording.
+  loss = _sigmoid_cross_entropy(z, jax.nn.sigmoid(r), jax.nn.sigmoid(-r))
+  if scale_by_temperature_squared:
+    loss = loss * temperature**2
+  return _select_rows(where, loss, 0.0)
+
+
+def binary_distillation_kl(
+  logits: ArrayLike,
+  recorded_logits: ArrayLike,
+  *,
+  temperature: float = 2.0,
+  where: ArrayLike | None = None,
+) -> jax.Array:
+  r"""KL divergences of a multi-label head's tempered labels, summed over labels.
+
+  .. math:: \sum_k \mathrm{KL}\big(\mathrm{Bernoulli}(\sigma(r_k/T)) \,\|\,
+     \mathrm{Bernoulli}(\sigma(z_k/T))\big)
+
+  It equals :func:`binary_distillation_loss` minus the recorded labels' entropies, as
+  :func:`distillation_kl` relates to :func:`distillation_loss`: the same gradient,
+  but 0 exactly when the current head reproduces the recorded outputs.
+
+  Args:
+    logits: ``[batch, num_labels]`` current logits of one multi-label old head.
+    recorded_logits: ``[batch, num_labels]`` recorded logits of that head.
+    temperature: ``T > 0``.
+    where: optional ``[batch]`` booleans; masked-out examples give 0.
+
+  Returns:
+    ``[batch]`` divergences, ``>= 0``.
+
+  >>> import jax.numpy as jnp
+  >>> print(binary_distillation_kl(jnp.array([[3.0, -1.0]]), jnp.array([[3.0, -1.0]])))
+  [0.]
+
+  References:
+    Li & Hoiem 2017, Sec. 3.
+  """
+  logits, recorded_logits, where = _pair(logits, recorded_logits, where)
+  z, r = logits / temperature, recorded_logits / temperature
+  # Per label: the recorded log-probabilities of being on and off.
+  log_on, log_off = jax.nn.log_sigmoid(r), jax.nn.log_sigmoid(-r)
+  on = _weighted(jnp.exp(log_on), log_on - jax.nn.log_sigmoid(z))
+  off = _weighted(jnp.exp(log_off), log_off - jax.nn.log_sigmoid(-z))
+  # Rounding can leave a divergence of exactly matching outputs at -1e-12.
+  kl = jnp.maximum(jnp.sum(on + off, axis=-1), 0.0)
   return _select_rows(where, kl, 0.0)
 
 
@@ -215,6 +380,8 @@ def lwf_objective(
   lambda_old: float = 1.0,
   temperature: float = 2.0,
   scale_by_temperature_squared: bool = False,
+  multi_label: bool = False,
+  binary_heads: Collection[str] = (),
   where: ArrayLike | None = None,
 ) -> jax.Array:
   r"""The LwF training loss per example, before weight decay.
@@ -222,12 +389,17 @@ def lwf_objective(
   .. math:: \mathcal{L}_{new}(y_n, \hat y_n)
      + \lambda_o \sum_{h \in \text{old heads}} \mathcal{L}_{old}(r_h, z_h)
 
-  Each head is normalised over its own classes only. Weight decay, the paper's
-  :math:`\mathcal{R}`, belongs to the optimizer (``lwf_jax.optim``).
+  Each head is normalised over its own classes only. :math:`\mathcal{L}_{new}` is
+  :func:`cross_entropy`, or :func:`binary_cross_entropy` for a multi-label new task;
+  :math:`\mathcal{L}_{old}` is :func:`distillation_loss`, or
+  :func:`binary_distillation_loss` for the multi-label old heads in
+  ``binary_heads``. Weight decay, the paper's :math:`\mathcal{R}`, belongs to the
+  optimizer (``lwf_jax.optim``).
 
   Args:
     new_logits: ``[batch, new_classes]`` logits of the new task's head.
-    labels: ``[batch]`` new-task labels in ``[0, new_classes)``.
+    labels: ``[batch]`` new-task labels in ``[0, new_classes)``, or with
+      ``multi_label`` ``[batch, new_classes]`` multi-hot labels.
     old_logits: head name -> ``[batch, classes_h]`` current logits of each old head.
     recorded_old_logits: head name -> ``[batch, classes_h]`` recorded logits, with
       the same names and shapes as ``old_logits``; may be empty (plain
@@ -235,6 +407,10 @@ def lwf_objective(
     lambda_old: :math:`\lambda_o \ge 0`, the weight of the old heads' losses.
     temperature: ``T > 0`` of :func:`distillation_loss`.
     scale_by_temperature_squared: see :func:`distillation_loss`.
+    multi_label: the new task is multi-label: sigmoid, not softmax, cross-entropy.
+    binary_heads: names of the multi-label old heads, distilled label by label. A
+      collection of names, not one string; names that are not old heads here are
+      ignored, so one set of every multi-label head can serve each step.
     where: optional ``[batch]`` booleans; masked-out examples give 0.
 
   Returns:
@@ -245,7 +421,10 @@ def lwf_objective(
       f"old heads {sorted(old_logits)} and recorded heads "
       f"{sorted(recorded_old_logits)} differ"
     )
-  loss = cross_entropy(new_logits, labels, where=where)
+  if isinstance(binary_heads, str):
+    raise ValueError(f"binary_heads is a collection of names, got {binary_heads!r}")
+  new_loss = binary_cross_entropy if multi_label else cross_entropy
+  loss = new_loss(new_logits, labels, where=where)
   for head, recorded in recorded_old_logits.items():
     if jnp.shape(old_logits[head]) != jnp.shape(recorded):
       raise ValueError(
@@ -253,7 +432,8 @@ def lwf_objective(
         f"recorded logits of shape {jnp.shape(recorded)}"
       )
     _check_batch(jnp.asarray(recorded), loss.shape[0], f"head {head!r}'s logits")
-    loss = loss + lambda_old * distillation_loss(
+    old_loss = binary_distillation_loss if head in binary_heads else distillation_loss
+    loss = loss + lambda_old * old_loss(
       old_logits[head],
       recorded,
       temperature=temperature,

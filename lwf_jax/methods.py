@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from flax import linen as nn
 
-from lwf_jax import inference, models, optim, tasks, train, trunks
+from lwf_jax import augment, inference, models, optim, parallel, tasks, train, trunks
 
 NEW_HEAD = "heads/{new}/"  # ``{new}`` is replaced by the new task's escaped name
 TRUNK_AND_NEW_HEAD = ("trunk/", NEW_HEAD)
@@ -139,7 +139,10 @@ class Recipe:
 
   ``objective`` holds LwF's distillation settings; ``lambda_features`` and
   ``lambda_weights`` the strengths of LFL's feature penalty and of the L2 weight
-  penalty. Each method switches on the terms it uses.
+  penalty. Each method switches on the terms it uses. ``augmentation`` perturbs
+  training images (its ``crop_size`` sets the first network's input size), and
+  ``subtract_mean`` gives the first network the first task's mean pixel, which
+  every later task is then normalised with.
   """
 
   warmup: Schedule
@@ -152,10 +155,30 @@ class Recipe:
   lambda_features: float = 0.1
   lambda_weights: float = 0.01
   inference_batch_size: int = 500
+  num_devices: int = 1  # local devices each batch is split over
+  augmentation: augment.Augmentation = augment.NONE
+  subtract_mean: bool = False
 
   def __post_init__(self):
     _check_count("batch_size", self.batch_size, minimum=1)
     _check_count("inference_batch_size", self.inference_batch_size, minimum=1)
+    _check_count("num_devices", self.num_devices, minimum=1)
+    if self.num_devices > jax.local_device_count():
+      raise ValueError(
+        f"num_devices {self.num_devices} exceeds the "
+        f"{jax.local_device_count()} local devices"
+      )
+    if jax.process_count() > 1 and self.num_devices != jax.local_device_count():
+      raise ValueError(
+        f"num_devices {self.num_devices}: on several processes, each uses all its "
+        f"{jax.local_device_count()} local devices"
+      )
+    global_devices = self.num_devices * jax.process_count()
+    if self.batch_size % global_devices:
+      raise ValueError(
+        f"batch_size {self.batch_size} is not a multiple of the {global_devices} "
+        "devices (num_devices on every process)"
+      )
     if self.optimizer not in optim.OPTIMIZERS:
       raise ValueError(
         f"unknown optimizer {self.optimizer!r}; valid optimizers: "
@@ -224,6 +247,8 @@ def train_stage(
     rng=shuffle_rng,
     reference=reference,
     desc=desc,
+    num_devices=recipe.num_devices,
+    augmentation=recipe.augmentation,
   )
   return {"params": state.params, "batch_stats": state.batch_stats}
 
@@ -252,9 +277,17 @@ def learn_first_task(
   if isinstance(trunk, str):
     trunk = trunks.make_trunk(trunk)
   init_rng, head_rng, train_rng = jax.random.split(rng, 3)
-  model, variables = models.init_trunk(trunk, init_rng, task.image_shape)
+  model, variables = models.init_trunk(
+    trunk,
+    init_rng,
+    input_shape(task.image_shape, recipe.augmentation),
+    pixel_mean(task.train["image"]) if recipe.subtract_mean else (),
+  )
   model, variables = models.add_head(
-    model, variables, models.HeadSpec(task.name, task.num_classes), head_rng
+    model,
+    variables,
+    models.HeadSpec(task.name, task.num_classes, multi_label=task.multi_label),
+    head_rng,
   )
   variables = train_stage(
     model,
@@ -300,24 +333,21 @@ def add_task(
   _check_batch_size(task, recipe)
   if task.name in old_heads:
     raise ValueError(f"the network already has a head named {task.name!r}")
-  if task.image_shape != model.image_shape:
-    raise ValueError(
-      f"task {task.name!r} has images of shape {task.image_shape}, the network "
-      f"reads {model.image_shape}"
-    )
+  check_images_fit(task, model)
   old_data = {}
   if method.old_data:
     specs = {spec.name: spec for spec in model.head_specs}
     for old in old_tasks:
       if old.name in specs and (
         old.num_classes != specs[old.name].num_classes
-        or old.image_shape != model.image_shape
+        or old.multi_label != specs[old.name].multi_label
       ):
         raise ValueError(
-          f"old task {old.name!r} ({old.num_classes} classes, images "
-          f"{old.image_shape}) does not fit its head ({specs[old.name].num_classes} "
-          f"classes, images {model.image_shape})"
+          f"old task {old.name!r} ({old.num_classes} classes, multi-label "
+          f"{old.multi_label}) does not fit its head ({specs[old.name].num_classes} "
+          f"classes, multi-label {specs[old.name].multi_label})"
         )
+      check_images_fit(old, model)
     old_data = {t.name: t.train for t in old_tasks if t.name in old_heads}
     missing = sorted(set(old_heads) - set(old_data))
     if missing:
@@ -326,7 +356,11 @@ def add_task(
   new_split = dict(task.train)
   if (method.teacher == "recorded" and old_heads) or method.feature_penalty:
     recorded = inference.predict(
-      model, variables, task.train["image"], batch_size=recipe.inference_batch_size
+      model,
+      variables,
+      task.train["image"],
+      batch_size=recipe.inference_batch_size,
+      num_devices=recipe.num_devices,
     )
     if method.teacher == "recorded" and old_heads:
       new_split["recorded"] = recorded.logits
@@ -337,9 +371,8 @@ def add_task(
 
   head_rng, warmup_rng, main_rng = jax.random.split(rng, 3)
   hidden = (model.trunk.num_features,) * method.new_head_layers
-  model, variables = models.add_head(
-    model, variables, models.HeadSpec(task.name, task.num_classes, hidden), head_rng
-  )
+  spec = models.HeadSpec(task.name, task.num_classes, hidden, task.multi_label)
+  model, variables = models.add_head(model, variables, spec, head_rng)
   new_head = NEW_HEAD.replace("{new}", re.escape(task.name))
   if method.warmup:
     variables = train_stage(
@@ -364,6 +397,42 @@ def add_task(
     objective=recipe.stage_objective(method, old_heads),
     reference=reference,
   )
+
+
+def input_shape(
+  image_shape: tuple[int, ...], augmentation: augment.Augmentation
+) -> tuple[int, ...]:
+  """The network's input shape for stored images of ``image_shape``."""
+  if not augmentation.crop_size:
+    return tuple(image_shape)
+  height, width, channels = image_shape
+  # Recording and evaluation take the centre crop of the stored images (padding
+  # is for training's random crops only), so the crop must fit inside them.
+  if augmentation.crop_size > min(height, width):
+    raise ValueError(
+      f"crop_size {augmentation.crop_size} exceeds the {height}x{width} images"
+    )
+  return (augmentation.crop_size, augmentation.crop_size, channels)
+
+
+def pixel_mean(images: np.ndarray) -> tuple[float, ...]:
+  """The per-channel mean of ``[n, h, w, c]`` images, accumulated in float64;
+  on several processes, of every process's shard together."""
+  sums = np.sum(images, axis=(0, 1, 2), dtype=np.float64)
+  totals = parallel.process_sum(np.append(sums, images[..., 0].size))
+  return tuple((totals[:-1] / totals[-1]).tolist())
+
+
+def check_images_fit(task: tasks.Task, model: models.MultiHeadNet) -> None:
+  """Raises unless ``task``'s images have the network's channels and are at least
+  its input size (larger ones are cropped)."""
+  height, width, channels = task.image_shape
+  want = model.image_shape
+  if channels != want[2] or height < want[0] or width < want[1]:
+    raise ValueError(
+      f"task {task.name!r} has images of shape {task.image_shape}, the network "
+      f"reads {want} (larger images are cropped; channels must match)"
+    )
 
 
 def _check_count(name: str, value, *, minimum: int) -> None:

@@ -1,4 +1,6 @@
-"""Metrics, computed on the host: accuracies and continual-learning summaries.
+"""Metrics, computed on the host: accuracy, average precision, continual learning.
+
+Average precision scores multi-label tasks (PASCAL VOC), where one argmax does not.
 
 The accuracy matrix ``R`` is ``[num_tasks, num_tasks]``: ``R[i, j]`` is the test
 accuracy on task ``j`` after training task ``i``; entries with ``j > i`` (tasks not
@@ -42,6 +44,92 @@ def class_incremental_accuracy(
   offset = sum(logits[h].shape[-1] for h in heads[: heads.index(task)])
   combined = np.concatenate([logits[h] for h in heads], axis=-1)
   return accuracy(combined, np.asarray(labels) + offset)
+
+
+def _check_ranking(
+  scores: np.ndarray, targets: np.ndarray, ndim: int
+) -> tuple[np.ndarray, np.ndarray]:
+  """Float scores without NaN and boolean targets, both ``[n]`` or ``[n, classes]``."""
+  scores, targets = np.asarray(scores, float), np.asarray(targets)
+  shape = "[n]" if ndim == 1 else "[n, classes]"
+  if scores.ndim != ndim or scores.shape != targets.shape or not len(scores):
+    raise ValueError(
+      f"need {shape} scores and targets of the same shape, n > 0: got scores of "
+      f"shape {scores.shape} and targets of shape {targets.shape}"
+    )
+  if np.isnan(scores).any():
+    raise ValueError("scores must not be NaN")
+  if not np.isin(targets, (0, 1)).all():
+    raise ValueError(f"targets must be 0 or 1, got values {np.unique(targets)}")
+  return scores, targets.astype(bool)
+
+
+def _average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
+  # A stable sort: among equal scores, the earlier example ranks first.
+  hits = targets[np.argsort(-scores, kind="stable")]
+  precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+  interpolated = np.maximum.accumulate(precision[::-1])[::-1]
+  # Recall rises by 1 / positives at each hit and nowhere else.
+  return float(interpolated[hits].sum() / hits.sum())
+
+
+def average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
+  r"""Average precision of one class, as the PASCAL VOC 2010-2012 devkit computes it.
+
+  .. math:: \mathrm{AP} = \sum_k (r_k - r_{k-1}) \max_{k' \ge k} p_{k'}
+
+  over the ranks ``k`` of the examples sorted by descending score, with ``p_k`` and
+  ``r_k`` the precision and recall of the top ``k``: the area under the
+  precision-recall curve once precision is made non-increasing from the right
+  (``VOCap``; not the 11-point AP of VOC 2007). Equal scores are ranked by a stable
+  sort, the earlier example first, as the devkit's MATLAB ``sort`` does; so ties
+  between a positive and a negative are not averaged over their orders.
+
+  Args:
+    scores: ``[n]`` finite or infinite scores, higher meaning more likely positive;
+      NaN raises.
+    targets: ``[n]`` 0 or 1 (drop VOC's "difficult" examples before calling), with
+      at least one 1.
+
+  Returns:
+    The AP, in ``(0, 1]``.
+
+  >>> print(round(average_precision([0.9, 0.8, 0.7, 0.6], [1, 0, 1, 0]), 4))
+  0.8333
+
+  References:
+    Everingham et al., "The PASCAL Visual Object Classes (VOC) Challenge", IJCV
+    2010; the VOC 2010-2012 development kit, ``VOCevalcls.m``.
+  """
+  scores, targets = _check_ranking(scores, targets, ndim=1)
+  if not targets.any():
+    raise ValueError("average precision needs at least one positive target")
+  return _average_precision(scores, targets)
+
+
+def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
+  """Mean of :func:`average_precision` over the classes with a positive example.
+
+  A class without a positive example has no AP and is skipped; a ValueError if no
+  class has one.
+
+  Args:
+    scores: ``[n, classes]`` scores, e.g. a multi-label head's logits; NaN raises.
+    targets: ``[n, classes]`` multi-hot 0 or 1.
+
+  Returns:
+    The mAP, in ``(0, 1]``.
+
+  >>> print(mean_average_precision([[0.9, 0.1], [0.2, 0.8]], [[1, 0], [0, 0]]))
+  1.0
+  """
+  scores, targets = _check_ranking(scores, targets, ndim=2)
+  present = np.flatnonzero(targets.any(axis=0))
+  if not len(present):
+    raise ValueError("mean average precision needs a class with a positive target")
+  return float(
+    np.mean([_average_precision(scores[:, k], targets[:, k]) for k in present])
+  )
 
 
 def _check_matrix(matrix: np.ndarray) -> np.ndarray:

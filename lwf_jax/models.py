@@ -22,11 +22,13 @@ Variables = dict[str, Any]  # {'params': ..., 'batch_stats': ...}
 
 
 class HeadSpec(NamedTuple):
-  """A task's head: its name, its classes, and optional hidden layers."""
+  """A task's head: its name, its classes, optional hidden layers, and whether its
+  classes are independent (multi-label: one sigmoid per class) or exclusive."""
 
   name: str
   num_classes: int
   hidden_sizes: tuple[int, ...] = ()  # ReLU + dropout layers before the classifier
+  multi_label: bool = False
 
 
 class Head(nn.Module):
@@ -63,14 +65,20 @@ class Heads(nn.Module):
 class MultiHeadNet(nn.Module):
   """A shared trunk with one head per task; returns ``{task: [batch, classes]}``.
 
-  The trunk's output (the shared features) is sown as ``intermediates/features``
-  (:func:`forward` returns it); the trunk's ``dropout_rate`` is applied to it on
-  the way to the heads.
+  Images (float32 or uint8) are cast to the trunk's compute dtype, less
+  ``pixel_mean`` (the first task's mean pixel, which later tasks' images are
+  normalised with too, as in the paper); images larger than ``image_shape`` are
+  centre-cropped to it (the test-time view; training crops at random first, see
+  :mod:`lwf_jax.augment`). The trunk's output (the shared features) is sown as
+  ``intermediates/features`` (:func:`forward` returns it); the trunk's
+  ``dropout_rate`` is applied to it on the way to the heads, which compute in
+  float32 whatever the trunk's dtype.
   """
 
   trunk: nn.Module
   head_specs: tuple[HeadSpec, ...] = ()
   image_shape: tuple[int, ...] = ()  # (height, width, channels) of one input image
+  pixel_mean: tuple[float, ...] = ()  # per channel, subtracted from every image
 
   @property
   def head_names(self) -> list[str]:
@@ -90,24 +98,54 @@ class MultiHeadNet(nn.Module):
         while the heads train. Defaults to ``train``.
     """
     train_trunk = train if train_trunk is None else train_trunk
-    features = self.trunk(images, train=train_trunk)
+    x = center_crop(images, self.image_shape[:2] or images.shape[1:3])
+    x = x.astype(jnp.float32)
+    if self.pixel_mean:
+      x = x - jnp.asarray(self.pixel_mean, jnp.float32)
+    x = x.astype(getattr(self.trunk, "dtype", jnp.float32))
+    features = self.trunk(x, train=train_trunk)
     self.sow("intermediates", "features", features)
     features = nn.Dropout(self.trunk.dropout_rate, deterministic=not train)(features)
-    return Heads(self.head_specs, name="heads")(features, train=train)
+    return Heads(self.head_specs, name="heads")(
+      features.astype(jnp.float32), train=train
+    )
 
 
-def init_trunk(trunk: nn.Module, rng: jax.Array, image_shape: Sequence[int]) -> tuple:
+def center_crop(images: jax.Array, size: Sequence[int]) -> jax.Array:
+  """The central ``size = (height, width)`` window of ``[batch, h, w, c]`` images."""
+  height, width = images.shape[1:3]
+  if height < size[0] or width < size[1]:
+    raise ValueError(
+      f"images of {height}x{width} pixels are smaller than the network's input "
+      f"{size[0]}x{size[1]}"
+    )
+  top, left = (height - size[0]) // 2, (width - size[1]) // 2
+  return images[:, top : top + size[0], left : left + size[1]]
+
+
+def init_trunk(
+  trunk: nn.Module,
+  rng: jax.Array,
+  image_shape: Sequence[int],
+  pixel_mean: Sequence[float] = (),
+) -> tuple:
   """Initialises a head-less network.
 
   Args:
     trunk: the shared trunk module.
     rng: PRNG key.
-    image_shape: ``(height, width, channels)`` of one image.
+    image_shape: ``(height, width, channels)`` of the network's input.
+    pixel_mean: per-channel mean subtracted from every image (see
+      :class:`MultiHeadNet`); empty for none.
 
   Returns:
     ``(model, variables)`` with ``variables['params'] == {'trunk': ...}``.
   """
-  model = MultiHeadNet(trunk=trunk, image_shape=tuple(image_shape))
+  model = MultiHeadNet(
+    trunk=trunk,
+    image_shape=tuple(image_shape),
+    pixel_mean=tuple(float(m) for m in pixel_mean),
+  )
   # One compiled program, not one per initializer as eager init would compile.
   init = jax.jit(functools.partial(model.init, train=False))
   variables = init(rng, jnp.zeros((1, *image_shape)))
@@ -137,7 +175,9 @@ def add_head(
   Returns:
     ``(grown_model, grown_variables)``.
   """
-  spec = HeadSpec(spec.name, int(spec.num_classes), tuple(spec.hidden_sizes))
+  spec = HeadSpec(
+    spec.name, int(spec.num_classes), tuple(spec.hidden_sizes), bool(spec.multi_label)
+  )
   tasks.check_name(spec.name)
   if spec.name in model.head_names:
     raise ValueError(f"the network already has a head named {spec.name!r}")

@@ -6,6 +6,7 @@ incremental (the task is known, its head decides) and class-incremental (the
 argmax over every head's classes).
 """
 
+import functools
 import time
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -30,10 +31,14 @@ def evaluate_row(
   task_list: Sequence[tasks.Task],
   *,
   batch_size: int,
+  num_devices: int = 1,
 ) -> tuple[list[float], list[float]]:
   """Task- and class-incremental accuracy on each of ``task_list``."""
   scores = [
-    inference.evaluate(model, variables, t, batch_size=batch_size) for t in task_list
+    inference.evaluate(
+      model, variables, t, batch_size=batch_size, num_devices=num_devices
+    )
+    for t in task_list
   ]
   return [s["task_il"] for s in scores], [s["class_il"] for s in scores]
 
@@ -75,9 +80,12 @@ def learn_sequence(
   task_il = np.full((num_tasks, num_tasks), np.nan)
   class_il = np.full((num_tasks, num_tasks), np.nan)
   start = time.perf_counter()
-  task_il[0, :1], class_il[0, :1] = evaluate_row(
-    model, variables, task_list[:1], batch_size=recipe.inference_batch_size
+  evaluate = functools.partial(
+    evaluate_row,
+    batch_size=recipe.inference_batch_size,
+    num_devices=recipe.num_devices,
   )
+  task_il[0, :1], class_il[0, :1] = evaluate(model, variables, task_list[:1])
   for i in range(1, num_tasks):
     model, variables = methods.add_task(
       model,
@@ -89,8 +97,8 @@ def learn_sequence(
       old_tasks=task_list[:i],
       progress=progress,
     )
-    task_il[i, : i + 1], class_il[i, : i + 1] = evaluate_row(
-      model, variables, task_list[: i + 1], batch_size=recipe.inference_batch_size
+    task_il[i, : i + 1], class_il[i, : i + 1] = evaluate(
+      model, variables, task_list[: i + 1]
     )
   return SequenceResult(
     model, variables, task_il, class_il, time.perf_counter() - start

@@ -1,7 +1,10 @@
 """Tasks: a named classification problem with its own head, train and test splits.
 
 A split is a dict of NumPy arrays with a leading example axis,
-``{'image': [n, height, width, channels] float32, 'label': [n] int32}``; LwF adds
+``{'image': [n, height, width, channels] float32 or uint8, 'label': [n] int32}``
+(a multi-label task's labels are multi-hot, ``[n, classes]`` int32 of 0 and 1;
+uint8 images keep large data sets four times smaller and are cast on the
+device); LwF adds
 ``'recorded': {head: [n, classes]}`` to the training split, so that every
 per-example array travels through shuffling and batching together.
 
@@ -28,12 +31,15 @@ class Task:
       head output ``k`` is class ``classes[k]``.
     train: the training split, labels already in ``[0, len(classes))``.
     test: the test split, likewise.
+    multi_label: each image may have several of the classes (labels multi-hot,
+      one sigmoid per class, scored by mean average precision), as PASCAL VOC.
   """
 
   name: str
   classes: tuple[int, ...]
   train: Split
   test: Split
+  multi_label: bool = False
 
   @property
   def num_classes(self) -> int:
@@ -105,7 +111,9 @@ def check_classes(classes: Sequence[int], *, where: str) -> tuple[int, ...]:
   return classes
 
 
-def check_split(split: Split, num_classes: int, *, where: str) -> None:
+def check_split(
+  split: Split, num_classes: int, *, where: str, multi_label: bool = False
+) -> None:
   """Raises ``ValueError`` unless ``split`` is usable for a head of ``num_classes``.
 
   Every array in the split, recordings included, must have one row per example.
@@ -125,16 +133,32 @@ def check_split(split: Split, num_classes: int, *, where: str) -> None:
     raise ValueError(
       f"{where}: images must be [n, height, width, channels], got shape {images.shape}"
     )
-  if images.dtype != np.float32:
-    raise ValueError(f"{where}: images must be float32, got {images.dtype}")
+  if images.dtype not in (np.float32, np.uint8):
+    raise ValueError(f"{where}: images must be float32 or uint8, got {images.dtype}")
   if len(images) == 0:
     raise ValueError(f"{where}: the split is empty")
-  if not np.isfinite(images).all():
+  if images.dtype == np.float32 and not np.isfinite(images).all():
     raise ValueError(f"{where}: images contain NaN or Inf")
-  if labels.dtype != np.int32 or labels.min() < 0 or labels.max() >= num_classes:
+  if multi_label:
+    if (
+      labels.dtype != np.int32
+      or labels.shape[1:] != (num_classes,)
+      or not np.isin(labels, (0, 1)).all()
+    ):
+      raise ValueError(
+        f"{where}: multi-label labels must be [n, {num_classes}] int32 of 0 and 1, "
+        f"got {labels.dtype} of shape {labels.shape}"
+      )
+    return
+  if (
+    labels.dtype != np.int32
+    or labels.ndim != 1
+    or labels.min() < 0
+    or labels.max() >= num_classes
+  ):
     raise ValueError(
-      f"{where}: labels must be int32 in [0, {num_classes}), got "
-      f"{labels.dtype} in [{labels.min()}, {labels.max()}]"
+      f"{where}: labels must be [n] int32 in [0, {num_classes}), got "
+      f"{labels.dtype} of shape {labels.shape} in [{labels.min()}, {labels.max()}]"
     )
 
 
@@ -143,17 +167,23 @@ def make_task(
   classes: Sequence[int],
   train: Split,
   test: Split,
+  *,
+  multi_label: bool = False,
 ) -> Task:
   """Builds a checked :class:`Task` from splits with the data set's own labels.
 
   Args:
     name: the task's (and head's) name.
     classes: the original labels the task keeps, in head order; at least two.
-    train: ``{'image', 'label'}`` with original labels, only those in ``classes``.
+    train: ``{'image', 'label'}`` with original labels, only those in ``classes``;
+      for a multi-label task, ``label`` is ``[n, K]`` multi-hot over the data
+      set's ``K`` classes, and the task keeps the columns ``classes``.
     test: likewise.
+    multi_label: see :class:`Task`.
 
   Returns:
-    The task, with labels mapped into ``[0, len(classes))``.
+    The task, with labels mapped into ``[0, len(classes))`` (multi-label: the
+    multi-hot columns of ``classes``, in that order).
   """
   check_name(name)
   classes = check_classes(classes, where=f"task {name!r}")
@@ -162,12 +192,34 @@ def make_task(
     where = f"task {name!r}, {split_name} split"
     if "label" not in original or "image" not in original:
       raise ValueError(f"{where}: a split needs 'image' and 'label' arrays")
-    split = dict(original, label=map_labels(original["label"], classes, where=where))
-    check_split(split, len(classes), where=where)
+    if multi_label:
+      labels = select_columns(original["label"], classes, where=where)
+    else:
+      labels = map_labels(original["label"], classes, where=where)
+    split = dict(original, label=labels)
+    check_split(split, len(classes), where=where, multi_label=multi_label)
     mapped[split_name] = split
   if mapped["train"]["image"].shape[1:] != mapped["test"]["image"].shape[1:]:
     raise ValueError(f"task {name!r}: train and test images differ in shape")
-  return Task(name, classes, mapped["train"], mapped["test"])
+  return Task(name, classes, mapped["train"], mapped["test"], multi_label)
+
+
+def select_columns(
+  labels: np.ndarray, classes: Sequence[int], *, where: str
+) -> np.ndarray:
+  """Multi-hot ``[n, K]`` labels to the task's ``[n, len(classes)]`` int32 columns."""
+  labels = np.asarray(labels)
+  if labels.ndim != 2 or not np.isin(labels, (0, 1)).all():
+    raise ValueError(
+      f"{where}: multi-label labels must be [n, classes] of 0 and 1, got "
+      f"{labels.dtype} of shape {labels.shape}"
+    )
+  if max(classes) >= labels.shape[1] or min(classes) < 0:
+    raise ValueError(
+      f"{where}: classes {list(classes)} are outside the {labels.shape[1]} label "
+      "columns"
+    )
+  return labels[:, list(classes)].astype(np.int32)
 
 
 def filter_classes(split: Split, classes: Sequence[int]) -> Split:
@@ -184,3 +236,32 @@ def check_task_sequence(tasks: Sequence[Task]) -> None:
   shapes = {task.image_shape for task in tasks}
   if len(shapes) > 1:
     raise ValueError(f"tasks must share one image shape, got {sorted(shapes)}")
+
+
+def check_shard(shard: tuple[int, int]) -> None:
+  """Raises unless ``shard`` is ``(index, count)`` with ``0 <= index < count``."""
+  ok = (
+    isinstance(shard, tuple | list)
+    and len(shard) == 2
+    and all(isinstance(v, int) and not isinstance(v, bool) for v in shard)
+    and 0 <= shard[0] < shard[1]
+  )
+  if not ok:
+    raise ValueError(
+      f"a shard is (index, count) with 0 <= index < count, got {shard!r}"
+    )
+
+
+def take_shard(task: Task, index: int, count: int) -> Task:
+  """Every ``count``-th example of both splits, from example ``index`` on.
+
+  Shards differ in size by at most one example; ``count`` 1 returns ``task``.
+  """
+  check_shard((index, count))
+  if count == 1:
+    return task
+  rows = lambda split: jax.tree.map(lambda a: a[index::count], split)
+  shard = dataclasses.replace(task, train=rows(task.train), test=rows(task.test))
+  if min(len(shard.train["label"]), len(shard.test["label"])) == 0:
+    raise ValueError(f"task {task.name!r} has too few examples for {count} shards")
+  return shard

@@ -27,7 +27,7 @@ import tqdm
 from flax import struct
 from flax.training import train_state
 
-from lwf_jax import losses, models, optim, tasks
+from lwf_jax import augment, losses, models, optim, parallel, tasks
 
 Batch = dict[str, dict[str, Any]]
 
@@ -153,8 +153,14 @@ def train_step(
   *,
   model: models.MultiHeadNet,
   objective: Objective,
+  augmentation: augment.Augmentation = augment.NONE,
+  axis_name: str | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on ``batch``; returns the new state and scalar metrics.
+
+  Under ``jax.pmap`` with ``axis_name``, ``batch`` is this device's slice of the
+  global batch; gradients, metrics and BatchNorm running statistics are averaged
+  over devices, so every device takes the same step, and dropout masks differ.
 
   Args:
     state: the train state.
@@ -164,15 +170,27 @@ def train_step(
       objective has online heads or a weight penalty.
     model: the network.
     objective: the loss terms and their weights.
+    augmentation: random crops and mirroring of every task's images (an online
+      teacher sees the student's augmented images; recordings were taken on the
+      centre view).
+    axis_name: the device axis when pmapped (see :mod:`lwf_jax.parallel`).
 
   Returns:
     ``(new state, {'loss', 'ce/<task>', 'accuracy/<task>', 'kl/<head>', ...})``.
   """
   dropout_rng = jax.random.fold_in(state.dropout_rng, state.step)
-  images = jnp.concatenate([sub["image"] for sub in batch.values()])
+  dropout_rng = parallel.device_rng(dropout_rng, axis_name)
+  if augmentation.active:
+    batch = _augmented(batch, augmentation, model, jax.random.fold_in(dropout_rng, 1))
+  # Tasks may store images of different sizes; the network reads the centre view.
+  size = model.image_shape[:2]
+  images = jnp.concatenate(
+    [models.center_crop(sub["image"], size) for sub in batch.values()]
+  )
   batch = _with_online_targets(batch, reference, model=model, objective=objective)
   # A frozen trunk runs in inference mode: BatchNorm on its running statistics.
   train_trunk = optim.trains_any(state.params, state.trainable, "trunk/")
+  multi_label = frozenset(s.name for s in model.head_specs if s.multi_label)
 
   def loss_fn(params):
     variables = {"params": params, "batch_stats": state.batch_stats}
@@ -194,6 +212,8 @@ def train_step(
         sub["label"],
         {head: logits[head] for head in recorded},
         recorded,
+        multi_label=task in multi_label,
+        binary_heads=multi_label,
         **objective.distillation,
       ).mean()
       if "recorded_features" in sub:
@@ -206,10 +226,32 @@ def train_step(
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   (loss, (per_task, batch_stats)), grads = grad_fn(state.params)
+  grads, batch_stats = parallel.pmean((grads, batch_stats), axis_name)
   batch_stats = optim.keep_frozen(batch_stats, state.batch_stats, state.trainable)
   state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-  metrics = {"loss": loss, **batch_metrics(per_task, batch, objective.temperature)}
-  return state, metrics
+  metrics = {
+    "loss": loss,
+    **batch_metrics(per_task, batch, objective.temperature, multi_label),
+  }
+  return state, parallel.pmean(metrics, axis_name)
+
+
+def _augmented(
+  batch: Batch,
+  augmentation: augment.Augmentation,
+  model: models.MultiHeadNet,
+  rng: jax.Array,
+) -> Batch:
+  size = model.image_shape[:2]
+  return {
+    task: {
+      **sub,
+      "image": augment.augment(
+        jax.random.fold_in(rng, i), sub["image"], augmentation, size
+      ),
+    }
+    for i, (task, sub) in enumerate(batch.items())
+  }
 
 
 def _with_online_targets(
@@ -238,16 +280,35 @@ def _split_by_task(out: models.Forward, batch: Batch) -> dict:
   return per_task
 
 
-def batch_metrics(per_task: dict, batch: Batch, temperature: float) -> dict:
+def batch_metrics(
+  per_task: dict,
+  batch: Batch,
+  temperature: float,
+  multi_label: frozenset[str] = frozenset(),
+) -> dict:
   """Per-task cross-entropy and accuracy, each recorded head's KL drift, and the
-  feature distance where features are recorded."""
+  feature distance where features are recorded.
+
+  A multi-label task's cross-entropy is the binary one, and its accuracy that of
+  each label's sign, averaged over labels.
+  """
   metrics = {}
   for task, sub in batch.items():
     logits, features = per_task[task]
-    metrics[f"ce/{task}"] = losses.cross_entropy(logits[task], sub["label"]).mean()
-    metrics[f"accuracy/{task}"] = jnp.mean(jnp.argmax(logits[task], -1) == sub["label"])
+    if task in multi_label:
+      metrics[f"ce/{task}"] = losses.binary_cross_entropy(
+        logits[task], sub["label"]
+      ).mean()
+      correct = (logits[task] > 0) == (sub["label"] > 0)
+    else:
+      metrics[f"ce/{task}"] = losses.cross_entropy(logits[task], sub["label"]).mean()
+      correct = jnp.argmax(logits[task], -1) == sub["label"]
+    metrics[f"accuracy/{task}"] = jnp.mean(correct)
     for head, recorded in sub.get("recorded", {}).items():
-      kl = losses.distillation_kl(logits[head], recorded, temperature=temperature)
+      kl_fn = (
+        losses.binary_distillation_kl if head in multi_label else losses.distillation_kl
+      )
+      kl = kl_fn(logits[head], recorded, temperature=temperature)
       metrics[f"kl/{head}"] = kl.mean()
     if "recorded_features" in sub:
       distance = losses.feature_distance(features, sub["recorded_features"])
@@ -256,18 +317,31 @@ def batch_metrics(per_task: dict, batch: Batch, temperature: float) -> dict:
 
 
 @functools.cache
-def compiled_train_step(model: models.MultiHeadNet, objective: Objective):
-  """:func:`train_step` bound to ``model`` and ``objective``, jit-compiled once.
+def compiled_train_step(
+  model: models.MultiHeadNet,
+  objective: Objective,
+  num_devices: int = 1,
+  donate: bool | None = None,
+  augmentation: augment.Augmentation = augment.NONE,
+):
+  """:func:`train_step` bound to ``model``, ``objective`` and ``augmentation``,
+  compiled once.
 
+  ``jax.jit`` on one device, ``jax.pmap`` on several (see :mod:`lwf_jax.parallel`).
   Cached, so that stages with the same network and objective (other seeds, other
-  methods) reuse the compiled program. The state is donated on accelerators, where
-  that saves a copy of the parameters and optimizer state; not on the CPU, where
-  donation measured twice as slow (the small CNN's step: 51 against 27 ms).
+  methods) reuse the compiled program. ``donate`` (the state's buffers) defaults
+  to accelerators only, where it saves a copy of the parameters and optimizer
+  state; on the CPU donation measured twice as slow (the small CNN's step: 51
+  against 27 ms).
   """
-  donate = () if jax.default_backend() == "cpu" else (0,)
-  return jax.jit(
-    functools.partial(train_step, model=model, objective=objective),
-    donate_argnums=donate,
+  if donate is None:
+    donate = jax.default_backend() != "cpu"
+  return parallel.compile_step(
+    functools.partial(
+      train_step, model=model, objective=objective, augmentation=augmentation
+    ),
+    num_devices,
+    donate_argnums=(0,) if donate else (),
   )
 
 
@@ -318,6 +392,8 @@ def train(
   rng: jax.Array,
   reference: models.Variables | None = None,
   desc: str = "train",
+  num_devices: int = 1,
+  augmentation: augment.Augmentation = augment.NONE,
 ) -> tuple[TrainState, dict[str, float]]:
   """Trains for ``num_epochs`` epochs of the first task in ``data``.
 
@@ -333,43 +409,73 @@ def train(
     rng: PRNG key for shuffling.
     reference: the network before the new task (see :func:`train_step`).
     desc: progress bar label.
+    num_devices: local devices to split each global batch of ``batch_size``
+      examples per task over; ``batch_size`` must be a multiple of all
+      processes' devices.
+    augmentation: see :func:`train_step`.
 
   Returns:
     ``(state, metrics of the last step)``.
   """
   num_classes = {spec.name: spec.num_classes for spec in model.head_specs}
+  multi_label = {spec.name: spec.multi_label for spec in model.head_specs}
   for task, split in data.items():
     if task not in num_classes:
       raise ValueError(
         f"no head for task {task!r}; the network has {list(num_classes)}"
       )
-    tasks.check_split(split, num_classes[task], where=f"training data of {task!r}")
+    tasks.check_split(
+      split,
+      num_classes[task],
+      where=f"training data of {task!r}",
+      multi_label=multi_label[task],
+    )
   sizes = {task: len(split["label"]) for task, split in data.items()}
   first = next(iter(sizes))
-  steps = sizes[first] // batch_size
+  # On several processes each holds a shard of every task (see lwf_jax.parallel)
+  # and feeds its devices its part of each global batch, drawn from its shard.
+  num_processes = jax.process_count()
+  if batch_size % (num_devices * num_processes):
+    raise ValueError(
+      f"batch size {batch_size} is not a multiple of the "
+      f"{num_devices * num_processes} devices"
+    )
+  local_batch_size = batch_size // num_processes
+  steps = parallel.process_min(sizes[first]) // local_batch_size
   if steps == 0:
     raise ValueError(
       f"batch size {batch_size} exceeds the {sizes[first]} training examples of "
       f"task {first!r}"
     )
+  if num_processes > 1:
+    rng = jax.random.fold_in(rng, jax.process_index())
   needs_reference = objective.online_heads or objective.lambda_weights
   if needs_reference and reference is None:
     raise ValueError("an online teacher or a weight penalty needs reference variables")
   data = jax.device_put(data)
-  step_fn = compiled_train_step(model, objective)
+  step_fn = compiled_train_step(
+    model, objective, num_devices, augmentation=augmentation
+  )
+  state = parallel.replicate(state, num_devices)
+  reference = parallel.replicate(reference, num_devices)
   metrics = {}
   with tqdm.tqdm(total=num_epochs * steps, desc=desc, unit="step") as bar:
     for epoch in range(num_epochs):
       indices = epoch_indices(
-        jax.random.fold_in(rng, epoch), sizes, steps=steps, batch_size=batch_size
+        jax.random.fold_in(rng, epoch),
+        sizes,
+        steps=steps,
+        batch_size=local_batch_size,
       )
       for step in range(steps):
-        state, metrics = step_fn(state, take_batch(data, indices, step), reference)
+        batch = parallel.shard(take_batch(data, indices, step), num_devices)
+        state, metrics = step_fn(state, batch, reference)
         bar.update()
+      metrics = parallel.unreplicate(metrics, num_devices)
       metrics = {name: float(value) for name, value in metrics.items()}
       if not np.isfinite(metrics["loss"]):
         raise FloatingPointError(
           f"{desc}: non-finite loss {metrics['loss']} in epoch {epoch + 1}"
         )
       bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-  return state, metrics
+  return parallel.unreplicate(state, num_devices), metrics

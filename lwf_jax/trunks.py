@@ -18,10 +18,29 @@ Conventions, shared by every trunk:
 
 import functools
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+
+
+def _dense(module: nn.Module) -> Callable[..., nn.Module]:
+  return functools.partial(nn.Dense, dtype=module.dtype)
+
+
+def _conv(module: nn.Module) -> Callable[..., nn.Module]:
+  return functools.partial(nn.Conv, dtype=module.dtype)
+
+
+def _batch_norm(module: nn.Module, train: bool) -> Callable[..., nn.Module]:
+  return functools.partial(
+    nn.BatchNorm,
+    use_running_average=not train,
+    momentum=0.9,
+    epsilon=1e-5,
+    dtype=module.dtype,
+  )
 
 
 class MLPTrunk(nn.Module):
@@ -29,6 +48,7 @@ class MLPTrunk(nn.Module):
 
   hidden_sizes: Sequence[int] = (400, 400)
   dropout_rate: float = 0.0
+  dtype: Any = jnp.float32  # computation dtype; parameters stay float32
 
   @property
   def num_features(self) -> int:
@@ -40,7 +60,7 @@ class MLPTrunk(nn.Module):
     for i, size in enumerate(self.hidden_sizes):
       if i > 0:
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-      x = nn.relu(nn.Dense(size, name=f"fc{i + 1}")(x))
+      x = nn.relu(_dense(self)(size, name=f"fc{i + 1}")(x))
     return x
 
 
@@ -62,6 +82,7 @@ class CNNTrunk(nn.Module):
   conv_features: Sequence[int] = (16, 32)
   dense_features: Sequence[int] = (256, 256)
   dropout_rate: float = 0.5
+  dtype: Any = jnp.float32  # computation dtype; parameters stay float32
 
   @property
   def num_features(self) -> int:
@@ -72,7 +93,7 @@ class CNNTrunk(nn.Module):
     _check_size(images, 2 ** len(self.conv_features), "this CNN")
     x = images
     for i, features in enumerate(self.conv_features):
-      x = nn.relu(nn.Conv(features, (3, 3), name=f"conv{i + 1}")(x))
+      x = nn.relu(_conv(self)(features, (3, 3), name=f"conv{i + 1}")(x))
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
     return _dense_stack(self, x, self.dense_features, first_index=1, train=train)
 
@@ -83,7 +104,7 @@ def _dense_stack(module, x, features, *, first_index, train):
   for i, width in enumerate(features):
     if i > 0:
       x = nn.Dropout(module.dropout_rate, deterministic=not train)(x)
-    x = nn.relu(nn.Dense(width, name=f"fc{first_index + i}")(x))
+    x = nn.relu(_dense(module)(width, name=f"fc{first_index + i}")(x))
   return x
 
 
@@ -110,6 +131,7 @@ class AlexNet(nn.Module):
 
   width: float = 1.0
   dropout_rate: float = 0.5
+  dtype: Any = jnp.float32  # computation dtype; parameters stay float32
 
   def _w(self, n: int) -> int:
     """A scaled width, even: grouped convolutions split channels in two."""
@@ -123,15 +145,21 @@ class AlexNet(nn.Module):
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
     _check_size(images, 67, "AlexNet")
     pool = functools.partial(nn.max_pool, window_shape=(3, 3), strides=(2, 2))
-    x = nn.Conv(self._w(96), (11, 11), strides=4, padding="VALID", name="conv1")(images)
-    x = pool(local_response_norm(nn.relu(x)))
-    x = nn.Conv(self._w(256), (5, 5), padding=2, feature_group_count=2, name="conv2")(x)
-    x = pool(local_response_norm(nn.relu(x)))
-    x = nn.relu(nn.Conv(self._w(384), (3, 3), padding=1, name="conv3")(x))
-    x = nn.Conv(self._w(384), (3, 3), padding=1, feature_group_count=2, name="conv4")(x)
-    x = nn.Conv(self._w(256), (3, 3), padding=1, feature_group_count=2, name="conv5")(
-      nn.relu(x)
+    x = _conv(self)(self._w(96), (11, 11), strides=4, padding="VALID", name="conv1")(
+      images
     )
+    x = pool(local_response_norm(nn.relu(x)))
+    x = _conv(self)(
+      self._w(256), (5, 5), padding=2, feature_group_count=2, name="conv2"
+    )(x)
+    x = pool(local_response_norm(nn.relu(x)))
+    x = nn.relu(_conv(self)(self._w(384), (3, 3), padding=1, name="conv3")(x))
+    x = _conv(self)(
+      self._w(384), (3, 3), padding=1, feature_group_count=2, name="conv4"
+    )(x)
+    x = _conv(self)(
+      self._w(256), (3, 3), padding=1, feature_group_count=2, name="conv5"
+    )(nn.relu(x))
     x = pool(nn.relu(x))
     widths = (self._w(4096), self._w(4096))
     return _dense_stack(self, x, widths, first_index=6, train=train)
@@ -147,6 +175,7 @@ class VGG16(nn.Module):
 
   width: float = 1.0
   dropout_rate: float = 0.5
+  dtype: Any = jnp.float32  # computation dtype; parameters stay float32
 
   @property
   def num_features(self) -> int:
@@ -158,7 +187,7 @@ class VGG16(nn.Module):
     x = images
     for b, block in enumerate(VGG16_BLOCKS):
       for c, features in enumerate(block):
-        conv = nn.Conv(
+        conv = _conv(self)(
           max(2, int(features * self.width)), (3, 3), name=f"conv{b + 1}_{c + 1}"
         )
         x = nn.relu(conv(x))
@@ -178,19 +207,20 @@ class BasicBlock(nn.Module):
   features: int
   strides: int = 1
   shortcut: str = "projection"
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    norm = functools.partial(
-      nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5
+    norm = _batch_norm(self, train)
+    y = _conv(self)(self.features, (3, 3), self.strides, use_bias=False, name="conv1")(
+      x
     )
-    y = nn.Conv(self.features, (3, 3), self.strides, use_bias=False, name="conv1")(x)
     y = nn.relu(norm(name="bn1")(y))
-    y = nn.Conv(self.features, (3, 3), use_bias=False, name="conv2")(y)
+    y = _conv(self)(self.features, (3, 3), use_bias=False, name="conv2")(y)
     y = norm(name="bn2", scale_init=nn.initializers.zeros)(y)
     if x.shape[-1] != self.features or self.strides != 1:
       if self.shortcut == "projection":
-        x = nn.Conv(
+        x = _conv(self)(
           self.features, (1, 1), self.strides, use_bias=False, name="conv_proj"
         )(x)
         x = norm(name="bn_proj")(x)
@@ -209,6 +239,7 @@ class ResNet(nn.Module):
   stage_features: Sequence[int] = (64, 128, 256, 512)
   shortcut: str = "projection"
   dropout_rate: float = 0.0
+  dtype: Any = jnp.float32  # computation dtype; parameters stay float32
 
   @property
   def num_features(self) -> int:
@@ -217,12 +248,10 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
     _check_size(images, 2 ** (len(self.stage_sizes) - 1), "this ResNet")
-    x = nn.Conv(self.stage_features[0], (3, 3), use_bias=False, name="conv_stem")(
+    x = _conv(self)(self.stage_features[0], (3, 3), use_bias=False, name="conv_stem")(
       images
     )
-    x = nn.BatchNorm(
-      use_running_average=not train, momentum=0.9, epsilon=1e-5, name="bn_stem"
-    )(x)
+    x = _batch_norm(self, train)(name="bn_stem")(x)
     x = nn.relu(x)
     for s, (blocks, features) in enumerate(
       zip(self.stage_sizes, self.stage_features, strict=True)
@@ -230,7 +259,11 @@ class ResNet(nn.Module):
       for b in range(blocks):
         strides = 2 if s > 0 and b == 0 else 1
         x = BasicBlock(
-          features, strides, self.shortcut, name=f"stage{s + 1}_block{b + 1}"
+          features,
+          strides,
+          self.shortcut,
+          dtype=self.dtype,
+          name=f"stage{s + 1}_block{b + 1}",
         )(x, train=train)
     return jnp.mean(x, axis=(1, 2))
 
@@ -259,8 +292,19 @@ TRUNKS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
-def make_trunk(name: str) -> nn.Module:
-  """Returns the trunk registered under ``name``."""
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def make_trunk(name: str, dtype: str = "float32") -> nn.Module:
+  """Returns the trunk registered under ``name``, computing in ``dtype``.
+
+  ``'bfloat16'`` is mixed precision for accelerators: the layers compute in
+  bfloat16, parameters, BatchNorm statistics and losses stay float32.
+  """
   if name not in TRUNKS:
     raise ValueError(f"unknown model {name!r}; valid models: {', '.join(TRUNKS)}")
-  return TRUNKS[name]()
+  if dtype not in DTYPES:
+    raise ValueError(
+      f"unknown compute dtype {dtype!r}; valid dtypes: {', '.join(DTYPES)}"
+    )
+  return TRUNKS[name](dtype=DTYPES[dtype])

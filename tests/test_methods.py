@@ -1,5 +1,7 @@
 """Adding a task with each method: what trains, what stays, and real outcomes."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -59,6 +61,16 @@ def test_every_method_grows_a_head_learns_and_leaves_its_input(original, name):
   assert helpers.bits(variables) == before  # the shared original is never donated
 
 
+def with_edge_values(variables):
+  """A copy with a -0.0 and a subnormal in the trunk's and the old head's biases:
+  adding a zero update would turn the one into 0.0 and flush the other."""
+  params = jax.tree.map(np.array, variables["params"])
+  for bias in (params["trunk"]["fc1"]["bias"], params["heads"]["old"]["out"]["bias"]):
+    bias[:2] = (-0.0, 1e-40)
+  return {**variables, "params": params}
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 @pytest.mark.parametrize(
   "name, frozen",
   [
@@ -74,9 +86,13 @@ def test_every_method_grows_a_head_learns_and_leaves_its_input(original, name):
     ("joint", ()),
   ],
 )
-def test_frozen_parts_bit_identical_and_trained_parts_move(original, name, frozen):
-  _, variables, _, _ = original
-  _, trained = add(original, name)
+def test_frozen_parts_bit_identical_and_trained_parts_move(
+  original, name, frozen, optimizer
+):
+  model, variables, old, new = original
+  variables = with_edge_values(variables)
+  recipe = dataclasses.replace(RECIPE, optimizer=optimizer, weight_decay=0.1)
+  _, trained = add((model, variables, old, new), name, recipe)
   parts = lambda v: {
     "trunk": v["params"]["trunk"],
     "old": v["params"]["heads"]["old"],
@@ -125,9 +141,9 @@ def test_feature_extraction_head_has_a_hidden_layer(original):
   model, _, _, _ = original
   grown, trained = add(original, "feature_extraction")
   width = model.trunk.num_features
-  assert grown.head_specs[-1] == ("new", 4, (width,))
+  assert grown.head_specs[-1] == models.HeadSpec("new", 4, (width,))
   assert trained["params"]["heads"]["new"]["fc1"]["kernel"].shape == (width, width)
-  assert grown.head_specs[0] == ("old", 3, ())
+  assert grown.head_specs[0] == models.HeadSpec("old", 3)
 
 
 def test_online_teacher_trains_like_recorded_responses(original):

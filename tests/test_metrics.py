@@ -115,3 +115,95 @@ def test_bad_matrices_raise(matrix, message, metric):
 def test_forward_transfer_bad_references_raise(reference, message):
   with pytest.raises(ValueError, match=message):
     metrics.forward_transfer(R, reference)
+
+
+def _brute_force_average_precision(scores, targets):
+  """The definition, threshold by threshold: distinct scores only."""
+  scores, targets = np.asarray(scores, float), np.asarray(targets, bool)
+  precision = np.array([targets[scores >= t].mean() for t in scores])
+  recall = np.array([targets[scores >= t].sum() for t in scores]) / targets.sum()
+  levels = np.arange(1, targets.sum() + 1) / targets.sum()
+  # At each recall level, the best precision at that recall or beyond.
+  return np.mean([precision[recall >= level].max() for level in levels])
+
+
+class TestAveragePrecision:
+  def test_hand_computed(self):
+    # Hits at ranks 1 and 3: precision 1 and 2/3, each for half the recall.
+    ap = metrics.average_precision([0.9, 0.8, 0.7, 0.6], [1, 0, 1, 0])
+    assert ap == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
+
+  def test_precision_is_interpolated_from_the_right(self):
+    # Hits at ranks 2, 4, 5: precision 1/2, 2/4, 3/5, each raised to the 3/5 to its
+    # right; without interpolation the AP would be (1/2 + 1/2 + 3/5) / 3.
+    ap = metrics.average_precision([5, 4, 3, 2, 1], [0, 1, 0, 1, 1])
+    assert ap == pytest.approx(0.6)
+
+  def test_perfect_and_worst_rankings(self):
+    assert metrics.average_precision([0.1, 0.9, 0.8], [0, 1, 1]) == 1.0
+    assert metrics.average_precision([3.0, 2.0, 1.0], [0, 0, 1]) == pytest.approx(1 / 3)
+    assert metrics.average_precision([np.inf, -np.inf], [1, 0]) == 1.0
+
+  def test_matches_the_definition_in_any_order(self):
+    rng = np.random.default_rng(0)
+    scores, targets = rng.normal(size=50), rng.integers(0, 2, size=50)
+    order = rng.permutation(50)
+    expected = _brute_force_average_precision(scores, targets)
+    assert metrics.average_precision(scores, targets) == pytest.approx(expected)
+    assert metrics.average_precision(
+      scores[order], targets[order] == 1
+    ) == pytest.approx(expected)
+
+  def test_ties_keep_the_examples_order(self):
+    # A stable sort: of equal scores, the earlier example ranks first.
+    assert metrics.average_precision([0.5, 0.5], [0, 1]) == 0.5
+    assert metrics.average_precision([0.5, 0.5], [1, 0]) == 1.0
+
+  @pytest.mark.parametrize(
+    "scores, targets, message",
+    [
+      ([0.5, 0.4], [0, 0], "at least one positive"),
+      ([0.5, 0.4], [1, 0, 1], r"\[n\] scores and targets of the same shape"),
+      ([[0.5, 0.4]], [[1, 0]], r"\[n\] scores"),
+      ([], [], "n > 0"),
+      ([0.5, np.nan], [1, 0], "NaN"),
+      ([0.5, 0.4], [1, -1], "0 or 1"),  # VOC's -1 for a negative
+      ([0.5, 0.4], [1, 0.5], "0 or 1"),
+    ],
+  )
+  def test_bad_inputs_raise(self, scores, targets, message):
+    with pytest.raises(ValueError, match=message):
+      metrics.average_precision(scores, targets)
+
+
+class TestMeanAveragePrecision:
+  def test_hand_computed_skipping_a_class_without_positives(self):
+    scores = np.array(
+      [[0.9, 0.1, 0.3], [0.8, 0.2, 0.2], [0.7, 0.3, 0.1], [0.6, 0.4, 0]]
+    )
+    targets = np.array([[1, 0, 0], [0, 0, 0], [1, 0, 0], [0, 1, 0]])
+    # Class 0: 5/6 as above; class 1: its positive ranks first, 1; class 2 skipped.
+    assert metrics.mean_average_precision(scores, targets) == pytest.approx(11 / 12)
+
+  def test_is_the_mean_of_per_class_average_precisions(self):
+    rng = np.random.default_rng(1)
+    scores, targets = rng.normal(size=(40, 5)) * 10, rng.random((40, 5)) < 0.3
+    expected = np.mean(
+      [metrics.average_precision(scores[:, k], targets[:, k]) for k in range(5)]
+    )
+    assert metrics.mean_average_precision(scores, targets) == pytest.approx(expected)
+
+  @pytest.mark.parametrize(
+    "scores, targets, message",
+    [
+      (np.zeros((3, 2)), np.zeros((3, 2)), "a class with a positive"),
+      (np.zeros(3), np.ones(3), r"\[n, classes\] scores"),
+      (np.zeros((3, 2)), np.ones((3, 3)), "same shape"),
+      (np.zeros((0, 2)), np.ones((0, 2)), "n > 0"),
+      (np.full((2, 2), np.nan), np.ones((2, 2)), "NaN"),
+      (np.zeros((2, 2)), np.full((2, 2), 2), "0 or 1"),
+    ],
+  )
+  def test_bad_inputs_raise(self, scores, targets, message):
+    with pytest.raises(ValueError, match=message):
+      metrics.mean_average_precision(scores, targets)

@@ -145,7 +145,10 @@ class TestAddHead:
     assert set(params) == {"trunk", "heads"}
     assert list(params["heads"]) == ["old", "new"]
     assert params["heads"]["new"]["out"]["kernel"].shape == (64, 5)
-    assert grown.head_specs == (("old", 3, ()), ("new", 5, ()))
+    assert grown.head_specs == (
+      models.HeadSpec("old", 3),
+      models.HeadSpec("new", 5, (), multi_label=False),
+    )
     assert grown.head_names == ["old", "new"]
 
   def test_hidden_layers_in_a_head(self):

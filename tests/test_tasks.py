@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from lwf_jax import datasets, tasks
+from tests import helpers
 
 
 def split(labels, shape=(2, 2, 1)):
@@ -146,3 +147,14 @@ def test_load_task_bad_names_raise():
 def test_load_task_bad_classes_raise_value_error(classes):
   with pytest.raises(ValueError, match="data set 'uci_digits'"):
     datasets.load_task("uci_digits", classes=classes)
+
+
+def test_take_shard_keeps_every_count_th_example_of_both_splits():
+  task = helpers.toy_task("t", num_train=7, num_test=5)
+  shards = [tasks.take_shard(task, i, 3) for i in range(3)]
+  assert [len(s.train["label"]) for s in shards] == [3, 2, 2]
+  np.testing.assert_array_equal(shards[1].train["image"], task.train["image"][1::3])
+  np.testing.assert_array_equal(shards[2].test["label"], task.test["label"][2::3])
+  assert tasks.take_shard(task, 0, 1) is task
+  with pytest.raises(ValueError, match="too few examples for 6 shards"):
+    tasks.take_shard(task, 5, 6)

@@ -41,6 +41,20 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.batch_size = 64  # examples per task per step
   config.inference_batch_size = 500  # examples per pass when recording / evaluating
+  # Local devices to split every batch over (data parallelism); 0: all that JAX
+  # sees, so the same command runs on a CPU, 8 GPUs or a TPU host.
+  config.num_devices = 0
+  # "bfloat16": mixed precision on accelerators (layers compute in bfloat16;
+  # parameters, BatchNorm statistics and losses stay float32).
+  config.compute_dtype = "float32"
+  # Training-time augmentation (lwf_jax.augment): crop_size is the network's input
+  # when smaller than the stored images (random crops in training, the centre
+  # view when recording and evaluating); pad, zero pixels around before cropping;
+  # flip, random mirroring.
+  config.augment = ml_collections.ConfigDict({"crop_size": 0, "pad": 0, "flip": False})
+  # Subtract the first task's mean pixel from every task's images (the paper's
+  # networks normalise the new task with the old task's mean).
+  config.subtract_mean = False
   config.optimizer = "sgd"  # "sgd" (the paper's) or "adam"
   config.momentum = 0.9  # SGD momentum (the paper's)
   config.weight_decay = 5e-4  # L2 coefficient (the paper's)

@@ -18,6 +18,9 @@ def get_config():
     mnist_to_uci.task("uci_digits", max_train_per_class=40),
   )
   config.batch_size = 32
+  # One device, the path `make run` takes on a CPU; the tests' eight fake devices
+  # are exercised by tests/test_parallel.py.
+  config.num_devices = 1
   config.first_task.num_epochs = 8
   config.first_task.learning_rate = 0.1
   config.warmup.num_epochs = 2

@@ -19,6 +19,9 @@ def get_config():
   config.seeds = (0,)
   config.reference = False
   config.batch_size = 32
+  # One device, the path `make run` takes on a CPU; the tests' eight fake devices
+  # are exercised by tests/test_parallel.py.
+  config.num_devices = 1
   config.first_task.num_epochs = 10
   config.warmup.num_epochs = 2
   config.train.num_epochs = 10
