@@ -5,9 +5,9 @@ Run:
   python -m experiments.main --config=experiments/configs/lwf_variants.py \
       --workdir=workdir/lwf_variants
 
-Runtime: 3.1 minutes on 2 CPU cores. Result: the online teacher gives LwF's
-accuracies exactly; no warm-up and T^2 scaling move them by less than the
-seed-to-seed spread.
+Runtime: 2.0 minutes on 2 CPU cores. Result: the online teacher gives LwF's
+accuracies exactly; no warm-up and T^2 scaling cost 0.45 and 0.35 points on the
+old task (± 0.25 over seeds) and change the new task by at most 0.28.
 """
 
 from experiments.configs import mnist_to_uci
