@@ -22,6 +22,7 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -33,6 +34,7 @@ from lwf_jax import (
   methods,
   metrics,
   models,
+  optim,
   parallel,
   sequence,
   tasks,
@@ -150,6 +152,8 @@ def first_task_settings(
     "augment": config.augment.to_dict(),
     "subtract_mean": config.subtract_mean,
     "compute_dtype": config.compute_dtype,
+    # Dropout keys and BatchNorm statistics depend on how batches are split.
+    "devices": parallel.resolve_num_devices(config.num_devices) * jax.process_count(),
   }
   return json.loads(json.dumps(settings))  # as read back: tuples become lists
 
@@ -262,6 +266,7 @@ def check_config(config: ml_collections.ConfigDict) -> list[tasks.Task]:
   task_list = [load_task(spec) for spec in config.tasks]
   tasks.check_task_sequence(task_list)
   methods.input_shape(task_list[0].image_shape, make_recipe(config).augmentation)
+  check_trainable_patterns(config, task_list[0])
   for task in task_list:  # this process's shard of each
     if config.batch_size > len(task.train["label"]) * jax.process_count():
       raise ValueError(
@@ -269,6 +274,25 @@ def check_config(config: ml_collections.ConfigDict) -> list[tasks.Task]:
         f"training examples of task {task.name!r}"
       )
   return task_list
+
+
+def check_trainable_patterns(config: ml_collections.ConfigDict, task: tasks.Task):
+  """Raises ``ValueError`` if a method trains a part of the trunk that the config's
+  model does not have (fine-tune FC needs ``fc`` layers), from the trunk's shapes
+  alone, before anything is trained."""
+  trunk = make_trunk(config)
+  shape = methods.input_shape(task.image_shape, make_recipe(config).augmentation)
+  params = jax.eval_shape(
+    lambda: trunk.init(jax.random.key(0), jnp.zeros((1, *shape)), train=False)
+  )["params"]
+  for name in config.methods:
+    patterns = [p for p in methods.get_method(name).trainable if p.startswith("trunk/")]
+    try:
+      optim.trainable_labels({"trunk": params}, patterns)
+    except ValueError as error:
+      raise ValueError(
+        f"method {name!r} with model {config.model!r}: {error}"
+      ) from None
 
 
 def summarize(matrices: list[np.ndarray], reference: list | None) -> dict:
@@ -298,6 +322,14 @@ def summarize(matrices: list[np.ndarray], reference: list | None) -> dict:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs the experiment and returns the results written to ``results.json``."""
+  with report.CompileTimer() as compiling:
+    results = _run(config, workdir, compiling)
+  return results
+
+
+def _run(
+  config: ml_collections.ConfigDict, workdir: str, compiling: report.CompileTimer
+) -> dict:
   task_list = check_config(config)
   runs = method_runs(config)
   report.check_writable(workdir)
@@ -362,6 +394,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     entry["wall_time_s"] = report.mean_std([r["wall_time_s"] for r in per_seed])
 
   results["wall_time_s"] = time.perf_counter() - start
+  results["compile_time_s"] = compiling.seconds
   results["config"] = config.to_dict()
   text = report.markdown(results)
   if primary:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
 SCENARIO_NAMES = {"task_il": "Task-IL", "class_il": "Class-IL"}
@@ -40,6 +41,32 @@ class Timer:
 
   def __exit__(self, *exc):
     self.seconds = time.perf_counter() - self.start
+
+
+class CompileTimer:
+  """``with CompileTimer() as t: ...`` then ``t.seconds``: the time JAX spent
+  tracing, lowering and compiling programs inside the block (its own compile
+  events; a function traced inside another's trace counts in both, so this is an
+  upper bound)."""
+
+  EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+  )
+
+  def __enter__(self):
+    self.seconds = 0.0
+    jax.monitoring.register_event_duration_secs_listener(self._record)
+    return self
+
+  def _record(self, event: str, duration: float, **kwargs) -> None:
+    del kwargs
+    if event in self.EVENTS:
+      self.seconds += duration
+
+  def __exit__(self, *exc):
+    jax.monitoring.unregister_event_duration_listener(self._record)
 
 
 def mean_std(values: Sequence[float]) -> dict[str, float]:
@@ -212,7 +239,12 @@ def markdown(results: dict) -> str:
     f"Tasks, in order: {', '.join(results['tasks'])}. Model `{config['model']}`, "
     f"optimizer {config['optimizer']}, seeds {', '.join(map(str, seeds))}"
     + (" (mean ± standard deviation)" if len(seeds) > 1 else "")
-    + f"; {results['wall_time_s'] / 60:.1f} min in all.",
+    + f"; {results['wall_time_s'] / 60:.1f} min in all"
+    + (
+      f", {results['compile_time_s']:.0f} s of it compiling."
+      if "compile_time_s" in results
+      else "."
+    ),
     "",
   ]
   if len(results["tasks"]) == 2:

@@ -370,9 +370,10 @@ def _open(dataset: str, entry: Entry, split: str, data_dir):
     return tfds.data_source(
       entry.tfds_name, split=split, data_dir=data_dir, download=False
     )
-  except (NotImplementedError, FileNotFoundError, AssertionError) as error:
+  except (NotImplementedError, FileNotFoundError, AssertionError, KeyError) as error:
     # Without prepared files TFDS falls back to the builder's defaults and
-    # complains about the file format (NotImplementedError); say what to do.
+    # complains about the file format (NotImplementedError) or finds no splits
+    # (KeyError, in the default data_dir); say what to do.
     root = str(data_dir or tfds.core.constants.get_default_data_dir())
     raise FileNotFoundError(
       f"data set {dataset!r} (TFDS {entry.tfds_name!r}, split {split!r}) is not "

@@ -62,6 +62,7 @@ def _batches(arrays: Sequence[np.ndarray], batch_size: int, num_devices: int):
   The last batch is padded with zero rows, False in ``mask``, so that one
   compiled program serves every batch.
   """
+  parallel.check_num_devices(num_devices)
   num_examples = len(arrays[0])
   if num_examples == 0 or batch_size < 1:
     raise ValueError(
@@ -75,6 +76,38 @@ def _batches(arrays: Sequence[np.ndarray], batch_size: int, num_devices: int):
   for start in range(0, len(mask), batch_size):
     rows = slice(start, start + batch_size)
     yield parallel.shard(([a[rows] for a in padded], mask[rows]), num_devices)
+
+
+def check_images(model: models.MultiHeadNet, images: np.ndarray) -> None:
+  """Raises ``ValueError`` unless ``images`` are ``[n, h, w, c]`` with the network's
+  channels and at least its input size (larger ones are centre-cropped)."""
+  shape = np.shape(images)
+  want = model.image_shape
+  if len(shape) != 4 or (
+    want and (shape[3] != want[2] or shape[1] < want[0] or shape[2] < want[1])
+  ):
+    raise ValueError(
+      f"images of shape {shape} do not fit the network, which reads "
+      f"[n, {', '.join(map(str, want))}] (larger images are cropped)"
+    )
+
+
+def check_task_fits(model: models.MultiHeadNet, task: tasks.Task) -> None:
+  """Raises ``ValueError`` unless the network has a head for ``task`` of its
+  classes and kind, and reads its images."""
+  specs = {spec.name: spec for spec in model.head_specs}
+  if task.name not in specs:
+    raise ValueError(
+      f"no head for task {task.name!r}; the network has {model.head_names}"
+    )
+  spec = specs[task.name]
+  if (spec.num_classes, spec.multi_label) != (task.num_classes, task.multi_label):
+    raise ValueError(
+      f"task {task.name!r} ({task.num_classes} classes, multi-label "
+      f"{task.multi_label}) does not fit its head ({spec.num_classes} classes, "
+      f"multi-label {spec.multi_label})"
+    )
+  check_images(model, task.test["image"])
 
 
 def predict(
@@ -98,6 +131,7 @@ def predict(
   Returns:
     The prediction, as float32 NumPy arrays, row ``i`` for ``images[i]``.
   """
+  check_images(model, images)
   step = _compiled(_inference_step, model, num_devices)
   replicated = parallel.replicate(variables, num_devices)
   outputs = [
@@ -168,10 +202,7 @@ def evaluate(
     For a multi-label task, ``task_il`` is its head's mean average precision
     and ``class_il`` NaN (no single class to pick).
   """
-  if task.name not in model.head_names:
-    raise ValueError(
-      f"no head for task {task.name!r}; the network has {model.head_names}"
-    )
+  check_task_fits(model, task)
   if task.multi_label:
     return _evaluate_multi_label(
       model, variables, task, batch_size=batch_size, num_devices=num_devices

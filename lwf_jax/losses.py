@@ -10,11 +10,13 @@ References:
   Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network", 2015.
 """
 
+import math
 from collections.abc import Collection, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 
@@ -32,6 +34,43 @@ def _check_logits(logits: jax.Array, name: str = "logits") -> None:
 def _check_batch(array: jax.Array, batch: int, name: str) -> None:
   if array.shape[:1] != (batch,):
     raise ValueError(f"{name} must have {batch} rows, got shape {array.shape}")
+
+
+def _concrete(x: Any) -> bool:
+  """Whether ``x`` has a value now, outside any trace (only then can it be checked)."""
+  return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(x))
+
+
+def _check_hyperparameter(name: str, value: Any, *, positive: bool) -> None:
+  """A finite number, > 0 (``positive``) or >= 0; checked unless traced."""
+  if not _concrete(value):
+    return
+  if isinstance(value, bool | str | bytes) or np.ndim(value) != 0:
+    raise ValueError(f"{name} must be a number, got {value!r}")
+  try:
+    number = float(value)
+  except (TypeError, ValueError):
+    raise ValueError(f"{name} must be a number, got {value!r}") from None
+  low_ok = number > 0 if positive else number >= 0
+  if not (low_ok and math.isfinite(number)):
+    raise ValueError(
+      f"{name} must be finite and {'>' if positive else '>='} 0, got {value!r}"
+    )
+
+
+def _check_label_values(
+  labels: jax.Array, where: jax.Array | None, low: int, high: int, name: str
+) -> None:
+  """Labels (of the rows ``where`` keeps) in ``[low, high]``; checked unless traced."""
+  if not _concrete((labels, where)):
+    return
+  kept = np.asarray(labels)
+  if where is not None:
+    kept = kept[np.asarray(where)]
+  if kept.size and not ((kept >= low) & (kept <= high)).all():
+    raise ValueError(
+      f"{name} must be in [{low}, {high}], got values in [{kept.min()}, {kept.max()}]"
+    )
 
 
 def _mask(where: ArrayLike | None, batch: int) -> jax.Array | None:
@@ -99,8 +138,9 @@ def cross_entropy(
 
   Args:
     logits: ``[batch, num_classes]`` finite unnormalised scores of one head.
-    labels: ``[batch]`` integers in ``[0, num_classes)``; not checked here (XLA
-      cannot raise), so validate them before training (``lwf_jax.tasks`` does).
+    labels: ``[batch]`` integers in ``[0, num_classes)``; checked when called
+      outside a trace (XLA cannot raise), so validate them before training
+      (``lwf_jax.tasks`` does).
     where: optional ``[batch]`` booleans; masked-out examples give 0 and no
       gradient, whatever their logits and labels.
 
@@ -116,7 +156,10 @@ def cross_entropy(
   _check_batch(labels, logits.shape[0], "labels")
   if labels.ndim != 1:
     raise ValueError(f"labels must be [batch], got shape {labels.shape}")
+  if not jnp.issubdtype(labels.dtype, jnp.integer):
+    raise ValueError(f"labels must be integers, got {labels.dtype}")
   where = _mask(where, logits.shape[0])
+  _check_label_values(labels, where, 0, logits.shape[-1] - 1, "labels")
   logits, labels = _select_rows(where, logits), _select_rows(where, labels)
   differences = logits - jnp.take_along_axis(logits, labels[:, None], axis=-1)
   is_label = jax.nn.one_hot(labels, logits.shape[-1], dtype=bool)
@@ -162,7 +205,8 @@ def binary_cross_entropy(
 
   Args:
     logits: ``[batch, num_labels]`` unnormalised scores of one multi-label head.
-    labels: ``[batch, num_labels]`` multi-hot targets, 0 or 1, of any numeric dtype.
+    labels: ``[batch, num_labels]`` targets in ``[0, 1]`` (multi-hot), of any
+      numeric dtype; checked when called outside a trace.
     where: optional ``[batch]`` booleans; masked-out examples give 0 and no
       gradient, whatever their logits and labels.
 
@@ -184,6 +228,7 @@ def binary_cross_entropy(
       f"{labels.shape}"
     )
   where = _mask(where, logits.shape[0])
+  _check_label_values(labels, where, 0, 1, "multi-hot labels")
   logits, labels = _select_rows(where, logits), _select_rows(where, labels)
   return _select_rows(where, _sigmoid_cross_entropy(logits, labels, 1 - labels), 0.0)
 
@@ -232,6 +277,7 @@ def distillation_loss(
   References:
     Li & Hoiem 2017, Eq. 2-4; Hinton et al. 2015.
   """
+  _check_hyperparameter("temperature", temperature, positive=True)
   logits, recorded_logits, where = _pair(logits, recorded_logits, where)
   targets = jax.nn.softmax(_limit_at_infinity(recorded_logits) / temperature)
   log_probs = jax.nn.log_softmax(logits / temperature)
@@ -267,6 +313,7 @@ def distillation_kl(
   Returns:
     ``[batch]`` divergences, ``>= 0``.
   """
+  _check_hyperparameter("temperature", temperature, positive=True)
   logits, recorded_logits, where = _pair(logits, recorded_logits, where)
   log_targets = jax.nn.log_softmax(_limit_at_infinity(recorded_logits) / temperature)
   log_probs = jax.nn.log_softmax(logits / temperature)
@@ -319,6 +366,7 @@ def binary_distillation_loss(
   References:
     Li & Hoiem 2017, Sec. 3 and Eq. 2-4; Hinton et al. 2015.
   """
+  _check_hyperparameter("temperature", temperature, positive=True)
   logits, recorded_logits, where = _pair(logits, recorded_logits, where)
   z, r = logits / temperature, recorded_logits / temperature
   # sigmoid(-r), not 1 - sigmoid(r), which rounds to 0 for a confident recording.
@@ -360,6 +408,7 @@ def binary_distillation_kl(
   References:
     Li & Hoiem 2017, Sec. 3.
   """
+  _check_hyperparameter("temperature", temperature, positive=True)
   logits, recorded_logits, where = _pair(logits, recorded_logits, where)
   z, r = logits / temperature, recorded_logits / temperature
   # Per label: the recorded log-probabilities of being on and off.
@@ -421,6 +470,7 @@ def lwf_objective(
       f"old heads {sorted(old_logits)} and recorded heads "
       f"{sorted(recorded_old_logits)} differ"
     )
+  _check_hyperparameter("lambda_old", lambda_old, positive=False)
   if isinstance(binary_heads, str):
     raise ValueError(f"binary_heads is a collection of names, got {binary_heads!r}")
   new_loss = binary_cross_entropy if multi_label else cross_entropy
@@ -488,6 +538,13 @@ def weight_distance(params: Any, reference_params: Any) -> jax.Array:
   >>> print(weight_distance({"w": jnp.array([1.0, 2.0])}, {"w": jnp.zeros(2)}))
   5.0
   """
+  if jax.tree.structure(params) != jax.tree.structure(reference_params):
+    raise ValueError("the parameters and the reference differ in structure")
+  shapes = jax.tree.map(
+    lambda p, r: jnp.shape(p) == jnp.shape(r), params, reference_params
+  )
+  if not all(jax.tree.leaves(shapes)):
+    raise ValueError("the parameters and the reference differ in leaf shapes")
   squares = jax.tree.map(
     lambda p, r: jnp.sum((p - jax.lax.stop_gradient(r)) ** 2), params, reference_params
   )

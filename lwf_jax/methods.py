@@ -127,6 +127,10 @@ class Schedule:
 
   def __post_init__(self):
     _check_count("num_epochs", self.num_epochs, minimum=0)
+    if isinstance(self.learning_rate, bool) or not isinstance(
+      self.learning_rate, int | float | np.number
+    ):
+      raise ValueError(f"learning_rate must be a number, got {self.learning_rate!r}")
     if not 0 < self.learning_rate < math.inf:
       raise ValueError(
         f"learning_rate must be finite and > 0, got {self.learning_rate}"
@@ -160,6 +164,20 @@ class Recipe:
   subtract_mean: bool = False
 
   def __post_init__(self):
+    for name, kind in (
+      ("warmup", Schedule),
+      ("main", Schedule),
+      ("objective", train.Objective),
+      ("augmentation", augment.Augmentation),
+      ("subtract_mean", bool | np.bool_),
+    ):
+      if not isinstance(getattr(self, name), kind):
+        kind_name = getattr(kind, "__name__", str(kind))
+        raise ValueError(f"{name} must be a {kind_name}, got {getattr(self, name)!r}")
+    for name in ("momentum", "weight_decay", "lambda_features", "lambda_weights"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+        raise ValueError(f"{name} must be a number, got {value!r}")
     _check_count("batch_size", self.batch_size, minimum=1)
     _check_count("inference_batch_size", self.inference_batch_size, minimum=1)
     _check_count("num_devices", self.num_devices, minimum=1)
@@ -329,6 +347,8 @@ def add_task(
   Returns:
     ``(grown_model, trained_variables)``.
   """
+  if not isinstance(method, Method):
+    raise ValueError(f"method must be a Method (see get_method), got {method!r}")
   old_heads = model.head_names
   _check_batch_size(task, recipe)
   if task.name in old_heads:
@@ -336,18 +356,9 @@ def add_task(
   check_images_fit(task, model)
   old_data = {}
   if method.old_data:
-    specs = {spec.name: spec for spec in model.head_specs}
     for old in old_tasks:
-      if old.name in specs and (
-        old.num_classes != specs[old.name].num_classes
-        or old.multi_label != specs[old.name].multi_label
-      ):
-        raise ValueError(
-          f"old task {old.name!r} ({old.num_classes} classes, multi-label "
-          f"{old.multi_label}) does not fit its head ({specs[old.name].num_classes} "
-          f"classes, multi-label {specs[old.name].multi_label})"
-        )
-      check_images_fit(old, model)
+      if old.name in old_heads:
+        inference.check_task_fits(model, old)
     old_data = {t.name: t.train for t in old_tasks if t.name in old_heads}
     missing = sorted(set(old_heads) - set(old_data))
     if missing:

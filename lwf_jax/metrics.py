@@ -15,11 +15,18 @@ import numpy as np
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
   """Fraction of ``[n, classes]`` logits whose argmax is the ``[n]`` label."""
   logits, labels = np.asarray(logits), np.asarray(labels)
-  if logits.ndim != 2 or len(logits) != len(labels) or len(labels) == 0:
+  if (
+    logits.ndim != 2
+    or labels.shape != logits.shape[:1]
+    or len(labels) == 0
+    or not np.issubdtype(labels.dtype, np.integer)
+  ):
     raise ValueError(
-      f"need [n, classes] logits and as many labels, n > 0: got logits of shape "
-      f"{logits.shape} and {len(labels)} labels"
+      f"need [n, classes] logits and [n] integer labels, n > 0: got logits of "
+      f"shape {logits.shape} and labels of shape {labels.shape} ({labels.dtype})"
     )
+  if np.isnan(logits).any():
+    raise ValueError("logits must not be NaN")
   if labels.min() < 0 or labels.max() >= logits.shape[-1]:
     raise ValueError(
       f"labels must be in [0, {logits.shape[-1]}), got {labels.min()}..{labels.max()}"
@@ -41,6 +48,10 @@ def class_incremental_accuracy(
     The fraction whose overall argmax is ``task``'s output for the label.
   """
   heads = list(logits)
+  if task not in logits:
+    raise ValueError(f"no head {task!r} among {heads}")
+  labels = np.asarray(labels)
+  accuracy(logits[task], labels)  # raises unless the labels fit the task's head
   offset = sum(logits[h].shape[-1] for h in heads[: heads.index(task)])
   combined = np.concatenate([logits[h] for h in heads], axis=-1)
   return accuracy(combined, np.asarray(labels) + offset)

@@ -45,9 +45,11 @@ def trainable_labels(params: Any, trainable: Sequence[str]) -> Any:
   paths = jax.tree.leaves(param_paths(params))
   for pattern in trainable:
     if not any(re.match(pattern, path) for path in paths):
+      shown = ", ".join(paths[:12]) + (
+        f", ... ({len(paths)} in all)" * (len(paths) > 12)
+      )
       raise ValueError(
-        f"trainable pattern {pattern!r} matches no parameter; parameters: "
-        f"{', '.join(paths)}"
+        f"trainable pattern {pattern!r} matches no parameter; parameters: {shown}"
       )
   return jax.tree.map(
     lambda path: TRAINABLE if any(re.match(p, path) for p in trainable) else FROZEN,

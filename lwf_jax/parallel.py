@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import jax_utils
 from jax.experimental import multihost_utils
@@ -42,6 +43,20 @@ def resolve_num_devices(requested: int) -> int:
   return int(requested) or available
 
 
+def check_num_devices(num_devices: int) -> None:
+  """Raises ``ValueError`` unless ``num_devices`` is a count of local devices."""
+  available = jax.local_device_count()
+  if (
+    isinstance(num_devices, bool)
+    or not isinstance(num_devices, int | np.integer)
+    or not 1 <= num_devices <= available
+  ):
+    raise ValueError(
+      f"num_devices must be an integer in [1, {available}] (the local devices), "
+      f"got {num_devices!r}"
+    )
+
+
 def compile_step(
   fn: Callable,
   num_devices: int,
@@ -56,6 +71,7 @@ def compile_step(
   only, and no other process takes part; otherwise, with several processes, they
   span every process's devices and every process must make the same calls.
   """
+  check_num_devices(num_devices)
   if not pmapped(num_devices):
     return jax.jit(fn, donate_argnums=donate_argnums)
   spans_processes = jax.process_count() > 1 and not local
@@ -120,6 +136,23 @@ def shard(tree: Any, num_devices: int) -> Any:
         f"cannot split {x.shape[0]} examples evenly over {num_devices} devices"
       )
     return x.reshape(num_devices, x.shape[0] // num_devices, *x.shape[1:])
+
+  return jax.tree.map(split, tree)
+
+
+def shard_columns(tree: Any, num_devices: int) -> Any:
+  """Splits the last axis of every ``[..., steps, n]`` leaf (an epoch's example
+  indices) over the devices: ``[num_devices, ..., steps, n / num_devices]``.
+
+  Device ``d`` gets columns ``d * n / num_devices`` onwards of each step, the same
+  examples :func:`shard` gives it of that step's batch.
+  """
+  if not pmapped(num_devices):
+    return tree
+
+  def split(x):
+    x = x.reshape(*x.shape[:-1], num_devices, x.shape[-1] // num_devices)
+    return jnp.moveaxis(x, -2, 0)
 
   return jax.tree.map(split, tree)
 

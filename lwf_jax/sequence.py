@@ -70,6 +70,8 @@ def learn_sequence(
   Returns:
     The final network and the accuracy matrices.
   """
+  if not task_list:
+    raise ValueError("learn_sequence needs the tasks, the first already learned")
   tasks.check_task_sequence(task_list)
   if model.head_names != [task_list[0].name]:
     raise ValueError(

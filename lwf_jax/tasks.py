@@ -129,7 +129,7 @@ def check_split(
   }
   if len(set(lengths.values())) > 1:
     raise ValueError(f"{where}: arrays differ in length: {lengths}")
-  if images.ndim != 4:
+  if images.ndim != 4 or 0 in images.shape[1:]:
     raise ValueError(
       f"{where}: images must be [n, height, width, channels], got shape {images.shape}"
     )
@@ -201,6 +201,13 @@ def make_task(
     mapped[split_name] = split
   if mapped["train"]["image"].shape[1:] != mapped["test"]["image"].shape[1:]:
     raise ValueError(f"task {name!r}: train and test images differ in shape")
+  if mapped["train"]["image"].dtype != mapped["test"]["image"].dtype:
+    raise ValueError(f"task {name!r}: train and test images differ in dtype {SCALES}")
+  if multi_label and not mapped["test"]["label"].any():
+    raise ValueError(
+      f"task {name!r}: the test split has no positive label, so no class can be "
+      "scored by average precision"
+    )
   return Task(name, classes, mapped["train"], mapped["test"], multi_label)
 
 
@@ -236,6 +243,12 @@ def check_task_sequence(tasks: Sequence[Task]) -> None:
   shapes = {task.image_shape for task in tasks}
   if len(shapes) > 1:
     raise ValueError(f"tasks must share one image shape, got {sorted(shapes)}")
+  dtypes = {task.name: str(task.train["image"].dtype) for task in tasks}
+  if len(set(dtypes.values())) > 1:
+    raise ValueError(f"tasks must share one image dtype {SCALES}, got {dtypes}")
+
+
+SCALES = "(float32 images are in [0, 1], uint8 ones in [0, 255])"
 
 
 def check_shard(shard: tuple[int, int]) -> None:

@@ -76,6 +76,21 @@ class Objective:
   lambda_weights: float = 0.0
 
   def __post_init__(self):
+    for name in ("temperature", "lambda_old", "lambda_features", "lambda_weights"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not isinstance(self.scale_by_temperature_squared, bool | np.bool_):
+      raise ValueError(
+        "scale_by_temperature_squared must be a bool, got "
+        f"{self.scale_by_temperature_squared!r}"
+      )
+    if isinstance(self.online_heads, str) or not all(
+      isinstance(h, str) for h in self.online_heads
+    ):
+      raise ValueError(
+        f"online_heads must be a tuple of head names, got {self.online_heads!r}"
+      )
     if not 0 < self.temperature < math.inf:
       raise ValueError(f"temperature must be finite and > 0, got {self.temperature}")
     for name in ("lambda_old", "lambda_features", "lambda_weights"):
@@ -120,6 +135,12 @@ def create_train_state(
   Returns:
     The train state.
   """
+  if isinstance(trainable, str):
+    raise ValueError(f"trainable is a sequence of patterns, got {trainable!r}")
+  if isinstance(learning_rate, bool) or not (
+    isinstance(learning_rate, int | float | np.number) and 0 < learning_rate < math.inf
+  ):
+    raise ValueError(f"learning_rate must be finite and > 0, got {learning_rate!r}")
   tx = optim.make_optimizer(
     trainable=tuple(trainable),
     learning_rate=learning_rate,
@@ -345,6 +366,118 @@ def compiled_train_step(
   )
 
 
+def train_epoch(
+  state: TrainState,
+  data: Batch,
+  indices: Mapping[str, jax.Array],
+  reference: models.Variables | None = None,
+  **step_kwargs,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One epoch as one ``lax.scan`` of :func:`train_step` over on-device data.
+
+  Args:
+    state: the train state.
+    data: ``{task: split}``, whole splits on the device.
+    indices: ``{task: [steps, batch]}`` example indices of each step (see
+      :func:`epoch_indices`); this device's columns under ``jax.pmap``.
+    reference: see :func:`train_step`.
+    **step_kwargs: ``model``, ``objective``, ``augmentation``, ``axis_name`` of
+      :func:`train_step`.
+
+  Returns:
+    ``(state after the epoch, metrics of its last step)``.
+  """
+
+  def step(state, step_indices):
+    batch = {task: _rows(data[task], rows) for task, rows in step_indices.items()}
+    return train_step(state, batch, reference, **step_kwargs)
+
+  state, metrics = jax.lax.scan(step, state, dict(indices))
+  return state, jax.tree.map(lambda m: m[-1], metrics)
+
+
+@functools.cache
+def compiled_train_epoch(
+  model: models.MultiHeadNet,
+  objective: Objective,
+  num_devices: int = 1,
+  *,
+  donate: bool | None = None,
+  augmentation: augment.Augmentation = augment.NONE,
+  seeds: bool = False,
+):
+  """:func:`train_epoch` compiled once per data shape, as
+  :func:`compiled_train_step`; with ``seeds``, vmapped over a leading seed axis of
+  the state, the indices and the reference (the data are shared)."""
+  if donate is None:
+    donate = jax.default_backend() != "cpu"
+
+  def epoch(state, data, indices, reference, axis_name=None):
+    run = functools.partial(
+      train_epoch,
+      model=model,
+      objective=objective,
+      augmentation=augmentation,
+      axis_name=axis_name,
+    )
+    if seeds:
+      run = jax.vmap(run, in_axes=(0, None, 0, 0))
+    return run(state, data, indices, reference)
+
+  return parallel.compile_step(
+    epoch, num_devices, donate_argnums=(0,) if donate else ()
+  )
+
+
+def stack_seeds(trees: Sequence[Any]) -> Any:
+  """Trees of one structure (one per seed) stacked on a new leading seed axis."""
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def seed_slice(tree: Any, seed: int) -> Any:
+  """Seed ``seed``'s tree of a tree stacked by :func:`stack_seeds`."""
+  return jax.tree.map(lambda leaf: leaf[seed], tree)
+
+
+@functools.cache
+def scans_fast(model: models.MultiHeadNet) -> bool:
+  """Whether epochs as one ``lax.scan`` are fast on this backend for ``model``.
+
+  On accelerators, always. XLA:CPU runs convolutions inside a loop body several
+  times slower than outside one (jax-ml/jax#12868; the small CNN's step measured
+  4x slower), so on a CPU only networks without convolutions scan.
+  """
+  if jax.default_backend() != "cpu":
+    return True
+  images = jnp.zeros((1, *model.image_shape), jnp.float32)
+  init = functools.partial(model.init, train=False)
+  jaxpr = jax.make_jaxpr(init)(jax.random.key(0), images)
+  return "conv_general_dilated" not in _primitives(jaxpr.jaxpr)
+
+
+def _primitives(jaxpr) -> set[str]:
+  """Names of the primitives in ``jaxpr`` and every jaxpr nested in it."""
+  names = set()
+  for eqn in jaxpr.eqns:
+    names.add(eqn.primitive.name)
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, tuple | list) else (param,):
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          names |= _primitives(inner)
+  return names
+
+
+def fits_on_devices(data: Batch, num_devices: int) -> bool:
+  """Whether a copy of ``data`` on each of ``num_devices`` devices stays under
+  :data:`SCAN_MAX_BYTES` in all, the limit for training epochs as one scan."""
+  size = sum(np.asarray(leaf).nbytes for leaf in jax.tree.leaves(data))
+  return size * num_devices <= SCAN_MAX_BYTES
+
+
+SCAN_MAX_BYTES = 2 << 30
+
+
 def epoch_indices(
   rng: jax.Array, sizes: Mapping[str, int], *, steps: int, batch_size: int
 ) -> dict[str, jax.Array]:
@@ -394,11 +527,14 @@ def train(
   desc: str = "train",
   num_devices: int = 1,
   augmentation: augment.Augmentation = augment.NONE,
-) -> tuple[TrainState, dict[str, float]]:
+  scan_epochs: bool | None = None,
+  num_seeds: int = 0,
+) -> tuple[TrainState, dict[str, Any]]:
   """Trains for ``num_epochs`` epochs of the first task in ``data``.
 
   Args:
-    state: the train state; its optimizer decides which leaves move.
+    state: the train state; its optimizer decides which leaves move. With
+      ``num_seeds``, every leaf has a leading ``[num_seeds]`` axis.
     data: ``{task: split}``, whole splits (on the host or the device). An epoch is
       one pass over the first task's examples (the last partial batch dropped);
       every other task contributes ``batch_size`` examples to each step too.
@@ -406,17 +542,82 @@ def train(
     objective: the loss.
     num_epochs: passes over the first task.
     batch_size: examples per task per step.
-    rng: PRNG key for shuffling.
-    reference: the network before the new task (see :func:`train_step`).
+    rng: PRNG key for shuffling; ``[num_seeds]`` keys with ``num_seeds``.
+    reference: the network before the new task (see :func:`train_step`); with
+      ``num_seeds``, one per seed on a leading axis.
     desc: progress bar label.
     num_devices: local devices to split each global batch of ``batch_size``
       examples per task over; ``batch_size`` must be a multiple of all
       processes' devices.
     augmentation: see :func:`train_step`.
+    scan_epochs: run each epoch as one compiled ``lax.scan`` (one dispatch per
+      epoch) instead of a Python loop over compiled steps; the same steps either
+      way. ``None``: whenever a copy of ``data`` per device fits in
+      :data:`SCAN_MAX_BYTES` and :func:`scans_fast` holds (with ``num_seeds``,
+      always).
+    num_seeds: > 0 trains that many independent runs (their own states, shuffles
+      and dropout) as one vmapped program; needs epochs as scans.
 
   Returns:
-    ``(state, metrics of the last step)``.
+    ``(state, metrics of the last step)``; with ``num_seeds``, each metric is a
+    ``[num_seeds]`` array.
   """
+  parallel.check_num_devices(num_devices)
+  if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
+    raise ValueError(f"batch size must be an integer, got {batch_size!r}")
+  if batch_size < 1:
+    raise ValueError(f"batch size must be >= 1, got {batch_size}")
+  sizes = _check_data(data, model)
+  steps, local_batch_size = _epoch_shape(sizes, batch_size, num_devices)
+  _check_reference(objective, reference, model)
+  if scan_epochs is None:
+    scan_epochs = bool(num_seeds) or (
+      fits_on_devices(data, num_devices) and scans_fast(model)
+    )
+  _check_seeds(num_seeds, scan_epochs, state, rng)
+  if jax.process_count() > 1:
+    rng = _fold_in(rng, jax.process_index())
+  shuffle = functools.partial(
+    epoch_indices, sizes=sizes, steps=steps, batch_size=local_batch_size
+  )
+  if num_seeds:
+    shuffle = jax.vmap(shuffle)
+  state = parallel.replicate(state, num_devices)
+  reference = parallel.replicate(reference, num_devices)
+  compile_args = (model, objective, num_devices)
+  if scan_epochs:
+    data = parallel.replicate(jax.device_put(data), num_devices)
+    run_epoch = compiled_train_epoch(
+      *compile_args, augmentation=augmentation, seeds=bool(num_seeds)
+    )
+  else:
+    data = jax.device_put(data)
+    step_fn = compiled_train_step(*compile_args, augmentation=augmentation)
+  metrics = {}
+  with tqdm.tqdm(total=num_epochs * steps, desc=desc, unit="step") as bar:
+    for epoch in range(num_epochs):
+      indices = shuffle(_fold_in(rng, epoch))
+      if scan_epochs:
+        indices = parallel.shard_columns(indices, num_devices)
+        state, metrics = run_epoch(state, data, indices, reference)
+        bar.update(steps)
+      else:
+        for step in range(steps):
+          batch = parallel.shard(take_batch(data, indices, step), num_devices)
+          state, metrics = step_fn(state, batch, reference)
+          bar.update()
+      metrics = jax.device_get(parallel.unreplicate(metrics, num_devices))
+      if not num_seeds:
+        metrics = {name: float(value) for name, value in metrics.items()}
+      _check_finite(metrics["loss"], desc, epoch)
+      bar.set_postfix(loss=np.array2string(np.asarray(metrics["loss"]), precision=4))
+  return parallel.unreplicate(state, num_devices), metrics
+
+
+def _check_data(data: Batch, model: models.MultiHeadNet) -> dict[str, int]:
+  """Checks every split against its head; returns ``{task: examples}``."""
+  if not data:
+    raise ValueError("no training data: give at least one task's split")
   num_classes = {spec.name: spec.num_classes for spec in model.head_specs}
   multi_label = {spec.name: spec.multi_label for spec in model.head_specs}
   for task, split in data.items():
@@ -424,16 +625,53 @@ def train(
       raise ValueError(
         f"no head for task {task!r}; the network has {list(num_classes)}"
       )
+    unknown = sorted(set(split.get("recorded", {})) - set(num_classes))
+    if unknown:
+      raise ValueError(
+        f"training data of {task!r}: recordings of heads {unknown} the network "
+        f"does not have ({list(num_classes)})"
+      )
     tasks.check_split(
       split,
       num_classes[task],
       where=f"training data of {task!r}",
       multi_label=multi_label[task],
     )
-  sizes = {task: len(split["label"]) for task, split in data.items()}
-  first = next(iter(sizes))
-  # On several processes each holds a shard of every task (see lwf_jax.parallel)
-  # and feeds its devices its part of each global batch, drawn from its shard.
+  return {task: len(split["label"]) for task, split in data.items()}
+
+
+def _check_reference(
+  objective: Objective, reference: models.Variables | None, model: models.MultiHeadNet
+) -> None:
+  """The reference network an online teacher or a weight penalty needs."""
+  unknown = sorted(set(objective.online_heads) - set(model.head_names))
+  if unknown:
+    raise ValueError(
+      f"online teacher heads {unknown} are not heads of the network "
+      f"({model.head_names})"
+    )
+  if not (objective.online_heads or objective.lambda_weights):
+    return
+  if reference is None:
+    raise ValueError("an online teacher or a weight penalty needs reference variables")
+  params = reference.get("params", {}) if isinstance(reference, Mapping) else {}
+  missing = [
+    f"heads/{h}" for h in objective.online_heads if h not in params.get("heads", {})
+  ]
+  if "trunk" not in params:
+    missing.insert(0, "trunk")
+  if missing:
+    raise ValueError(f"the reference variables lack params {missing}")
+
+
+def _epoch_shape(
+  sizes: dict[str, int], batch_size: int, num_devices: int
+) -> tuple[int, int]:
+  """``(steps per epoch, examples per task per step on this process)``.
+
+  On several processes each holds a shard of every task (see lwf_jax.parallel)
+  and feeds its devices its part of each global batch, drawn from its shard.
+  """
   num_processes = jax.process_count()
   if batch_size % (num_devices * num_processes):
     raise ValueError(
@@ -441,41 +679,44 @@ def train(
       f"{num_devices * num_processes} devices"
     )
   local_batch_size = batch_size // num_processes
+  first = next(iter(sizes))
   steps = parallel.process_min(sizes[first]) // local_batch_size
   if steps == 0:
     raise ValueError(
       f"batch size {batch_size} exceeds the {sizes[first]} training examples of "
       f"task {first!r}"
     )
-  if num_processes > 1:
-    rng = jax.random.fold_in(rng, jax.process_index())
-  needs_reference = objective.online_heads or objective.lambda_weights
-  if needs_reference and reference is None:
-    raise ValueError("an online teacher or a weight penalty needs reference variables")
-  data = jax.device_put(data)
-  step_fn = compiled_train_step(
-    model, objective, num_devices, augmentation=augmentation
-  )
-  state = parallel.replicate(state, num_devices)
-  reference = parallel.replicate(reference, num_devices)
-  metrics = {}
-  with tqdm.tqdm(total=num_epochs * steps, desc=desc, unit="step") as bar:
-    for epoch in range(num_epochs):
-      indices = epoch_indices(
-        jax.random.fold_in(rng, epoch),
-        sizes,
-        steps=steps,
-        batch_size=local_batch_size,
-      )
-      for step in range(steps):
-        batch = parallel.shard(take_batch(data, indices, step), num_devices)
-        state, metrics = step_fn(state, batch, reference)
-        bar.update()
-      metrics = parallel.unreplicate(metrics, num_devices)
-      metrics = {name: float(value) for name, value in metrics.items()}
-      if not np.isfinite(metrics["loss"]):
-        raise FloatingPointError(
-          f"{desc}: non-finite loss {metrics['loss']} in epoch {epoch + 1}"
-        )
-      bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-  return parallel.unreplicate(state, num_devices), metrics
+  return steps, local_batch_size
+
+
+def _fold_in(rng: jax.Array, data: int) -> jax.Array:
+  """``fold_in`` of one key, or of each of ``[seeds]`` keys."""
+  if rng.ndim:
+    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(rng, data)
+  return jax.random.fold_in(rng, data)
+
+
+def _check_seeds(num_seeds: int, scan_epochs: bool, state: TrainState, rng) -> None:
+  if num_seeds < 0:
+    raise ValueError(f"num_seeds must be >= 0, got {num_seeds}")
+  if not num_seeds:
+    if rng.ndim:
+      raise ValueError(f"one PRNG key expected without num_seeds, got {rng.shape}")
+    return
+  if not scan_epochs:
+    raise ValueError("num_seeds needs epochs as scans (scan_epochs)")
+  leading = {leaf.shape[:1] for leaf in jax.tree.leaves(state)} | {rng.shape}
+  if leading != {(num_seeds,)}:
+    raise ValueError(
+      f"with num_seeds={num_seeds}, the state's leaves and rng need a leading "
+      f"axis of {num_seeds}; got {sorted(leading)}"
+    )
+
+
+def _check_finite(loss: Any, desc: str, epoch: int) -> None:
+  loss = np.asarray(loss)
+  if not np.all(np.isfinite(loss)):
+    where = "" if loss.ndim == 0 else f" (seeds {np.flatnonzero(~np.isfinite(loss))})"
+    raise FloatingPointError(
+      f"{desc}: non-finite loss {loss} in epoch {epoch + 1}{where}"
+    )

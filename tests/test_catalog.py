@@ -195,6 +195,16 @@ def test_missing_files_say_how_to_prepare(tmp_path):
   assert not any(tmp_path.iterdir())  # nothing downloaded or written
 
 
+@pytest.mark.parametrize("data_dir", [None, ""])
+def test_missing_files_in_the_default_data_dir_say_how_to_prepare(
+  tmp_path, monkeypatch, data_dir
+):
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+  monkeypatch.setenv("HOME", str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="tfds build caltech_birds2011"):
+    catalog.load_task("cub", image_size=8, data_dir=data_dir)
+
+
 def test_datasets_load_task_dispatches_and_lists_all_names(tmp_path):
   assert datasets.names() == ("mnist5k", "uci_digits", *catalog.CATALOG, "mit_indoor67")
   with pytest.raises(

@@ -81,7 +81,7 @@ def test_tiny_trunks_run_forward_and_backward(name):
     )
     return jnp.sum(out.logits["t"] ** 2), out
 
-  grads, out = jax.grad(loss, has_aux=True)(variables["params"])
+  grads, out = jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
   assert out.features.shape == (4, trunk.num_features)
   assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
   assert any(np.abs(g).sum() > 0 for g in jax.tree.leaves(grads["trunk"]))

@@ -141,3 +141,16 @@ def test_unwritable_workdir_is_refused(tmp_path):
     file.write("x")
   with pytest.raises(ValueError, match="cannot write to the work directory"):
     report.check_writable(os.path.join(blocker, "sub"))
+
+
+def test_compile_timer_counts_compiling_only_inside_the_block():
+  import jax
+
+  add_one = jax.jit(lambda x: x + 1)
+  with report.CompileTimer() as first:
+    add_one(np.float32(0)).block_until_ready()
+  with report.CompileTimer() as again:  # compiled already: nothing to count
+    add_one(np.float32(1)).block_until_ready()
+  jax.jit(lambda x: x * 2)(np.float32(0))  # outside any block
+  assert first.seconds > 0
+  assert again.seconds == 0
