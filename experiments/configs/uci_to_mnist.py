@@ -4,7 +4,7 @@ Run:
   python -m experiments.main --config=experiments/configs/uci_to_mnist.py \
       --workdir=workdir/uci_to_mnist
 
-Runtime: 2.5 minutes on 2 CPU cores. Result: LwF 97.61 ± 0.42 old, 95.75 ± 0.35
+Runtime: 2.6 minutes on 2 CPU cores. Result: LwF 97.61 ± 0.42 old, 95.75 ± 0.35
 new; fine-tuning -2.82 / +0.60; feature extraction +0.85 / -22.60; joint +0.85 /
 +0.25; fine-tune FC -1.13 / -0.10; LFL -0.85 / -2.00.
 """
