@@ -32,6 +32,7 @@ import os
 import platform
 import resource
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -402,9 +403,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   unknown = [w for w in _WORKLOADS.value if w not in WORKLOADS]
   if unknown:
-    raise app.UsageError(f"unknown workloads {unknown}; valid: {', '.join(WORKLOADS)}")
+    sys.exit(f"error: unknown workloads {unknown}; valid: {', '.join(WORKLOADS)}")
   if _REPEATS.value < 1 or _MIN_STEPS.value < 1 or _RESNET_STEPS.value < 1:
-    raise app.UsageError("--repeats, --min_steps and --resnet_steps must be >= 1")
+    sys.exit("error: --repeats, --min_steps and --resnet_steps must be >= 1")
   peak = matmul_flops_per_second()
   results = {
     "machine": machine(),

@@ -57,7 +57,12 @@ def test_unknown_workload_is_refused():
     check=False,
   )
   assert done.returncode != 0
-  assert "unknown workloads ['gpt']" in done.stderr
+  assert (
+    done.stderr.strip()
+    .splitlines()[-1]
+    .startswith("error: unknown workloads ['gpt']; valid: mlp_b64")
+  )
+  assert "--min_steps" not in done.stderr  # one line, not the flags' help
 
 
 def test_step_flops_grow_with_the_batch():
