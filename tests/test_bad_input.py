@@ -20,21 +20,14 @@ from lwf_jax import (
   trunks,
 )
 from tests import helpers
+from tests.test_losses import DISTILLATION_LOSSES
 
 LOGITS = jnp.array([[0.0, 1.0, 2.0]])
 RECORDED = jnp.array([[2.0, 1.0, 0.0]])
 
 
 class TestLossArguments:
-  @pytest.mark.parametrize(
-    "loss",
-    [
-      losses.distillation_loss,
-      losses.distillation_kl,
-      losses.binary_distillation_loss,
-      losses.binary_distillation_kl,
-    ],
-  )
+  @pytest.mark.parametrize("loss", DISTILLATION_LOSSES)
   @pytest.mark.parametrize("temperature", [0.0, -2.0, np.inf, np.nan, True, "2"])
   def test_temperature_must_be_finite_and_positive(self, loss, temperature):
     with pytest.raises(ValueError, match="temperature"):
@@ -299,6 +292,5 @@ def test_first_network_of_another_device_count_is_refused(tmp_path):
     continual.check_first_network(config, task, str(tmp_path), 0)
 
 
-def test_augmentation_type_is_kept_hashable():
-  # Recipe's checks must accept the real types they name.
+def test_recipe_accepts_the_types_its_checks_name():
   methods.Recipe(SCHEDULE, SCHEDULE, augmentation=augment.Augmentation(flip=True))

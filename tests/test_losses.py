@@ -8,6 +8,14 @@ from jax import test_util
 
 from lwf_jax import losses
 
+# Every loss between current and recorded logits of one old head.
+DISTILLATION_LOSSES = [
+  losses.distillation_loss,
+  losses.distillation_kl,
+  losses.binary_distillation_loss,
+  losses.binary_distillation_kl,
+]
+
 STUDENT = jnp.array([[0.0, 1.0, 2.0]])
 RECORDED = jnp.array([[2.0, 1.0, 0.0]])
 # softmax([1, .5, 0]) and softmax([0, .5, 1]), the T = 2 distributions above.
@@ -658,15 +666,7 @@ class TestBrokenAndInfiniteRecordings:
     grad = jax.grad(lambda z: loss(z, recorded, temperature=1.0).sum())(current)
     assert np.isfinite(grad).all()
 
-  @pytest.mark.parametrize(
-    "loss",
-    [
-      losses.distillation_loss,
-      losses.distillation_kl,
-      losses.binary_distillation_loss,
-      losses.binary_distillation_kl,
-    ],
-  )
+  @pytest.mark.parametrize("loss", DISTILLATION_LOSSES)
   def test_nan_recording_gives_nan(self, loss):
     recorded = jnp.array([[jnp.nan, 0.0], [1.0, 0.0]])
     values = loss(jnp.zeros((2, 2)), recorded)
