@@ -42,6 +42,7 @@ import numpy as np
 from absl import app, flags
 
 from lwf_jax import datasets, inference, models, tasks, train, trunks
+from lwf_jax import seeds as seeds_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,10 +275,13 @@ def bench_workload(name: str, peak: float) -> dict:
   seeds = _SEEDS.value
   # Seeds vmapped need scanned epochs: timed where they are the default path.
   if seeds and default == "scan":
-    stacked = train.stack_seeds([state(s) for s in range(seeds)])
+    stacked = seeds_lib.stack([state(s) for s in range(seeds)])
+    # Each seed its own recordings (here all the same network's).
+    recordings = seeds_lib.stack([data["new"]["recorded"]] * seeds)
+    seed_data = {"new": {**data["new"], "recorded": recordings}}
     record(
       "seeds_vmapped",
-      time_epochs(model, recorded, stacked, data, None, seeds=seeds, **settings),
+      time_epochs(model, recorded, stacked, seed_data, None, seeds=seeds, **settings),
       seeds,
     )
     runs = [

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from experiments import report
+from experiments import logs, report
 from lwf_jax import (
   augment,
   checkpoints,
@@ -40,6 +40,7 @@ from lwf_jax import (
   tasks,
   trunks,
 )
+from lwf_jax import seeds as seeds_lib
 from lwf_jax import train as train_lib
 
 TASK_KEYS = (
@@ -105,6 +106,7 @@ def make_recipe(config: ml_collections.ConfigDict) -> methods.Recipe:
     num_devices=parallel.resolve_num_devices(config.num_devices),
     augmentation=augment.Augmentation(**config.augment),
     subtract_mean=config.subtract_mean,
+    log_every_steps=config.log_every_steps,
   )
 
 
@@ -180,67 +182,119 @@ def check_first_network(
     )
 
 
-def first_network(
-  config: ml_collections.ConfigDict, task: tasks.Task, workdir: str, seed: int
-) -> tuple[models.MultiHeadNet, models.Variables, float]:
-  """Loads the first task's network from ``workdir``, or trains and saves it.
+def first_networks(
+  config: ml_collections.ConfigDict,
+  task: tasks.Task,
+  workdir: str,
+  group: tuple[int, ...],
+  vmapped: bool,
+  *,
+  log: methods.Log | None = None,
+) -> tuple[models.MultiHeadNet, models.Variables, dict[int, float]]:
+  """Loads each seed's first-task network from ``workdir``, or trains and saves it.
+
+  With ``vmapped``, the missing seeds train as one vmapped program and the
+  variables come back stacked on a leading seed axis (see :mod:`lwf_jax.seeds`);
+  without, ``group`` is one seed.
 
   Returns:
-    ``(model, variables, seconds spent training; 0 when loaded)``.
+    ``(model, variables, {seed: seconds spent training it; 0 when loaded})``.
   """
-  directory = first_network_directory(workdir, seed)
-  trunk = make_trunk(config)
   recipe = make_recipe(config)
-  if os.path.exists(directory):
-    check_first_network(config, task, workdir, seed)
-    variables, _ = checkpoints.load(directory)
-    model = models.MultiHeadNet(
-      trunk=trunk,
-      head_specs=(
-        models.HeadSpec(task.name, task.num_classes, multi_label=task.multi_label),
-      ),
-      image_shape=methods.input_shape(task.image_shape, recipe.augmentation),
-      pixel_mean=methods.pixel_mean(task.train["image"])
-      if recipe.subtract_mean
-      else (),
-    )
-    print(f"Reusing the network trained on {task.name!r} in {directory}.")
-    return model, variables, 0.0
-  with report.Timer() as timer:
-    model, variables = methods.learn_first_task(
-      trunk,
-      task,
-      schedule=methods.Schedule(**config.first_task),
-      recipe=recipe,
-      rng=jax.random.key(seed),
-    )
-  checkpoints.save(directory, variables, first_task_settings(config, task, seed))
-  return model, variables, timer.seconds
+  model = models.MultiHeadNet(
+    trunk=make_trunk(config),
+    head_specs=(
+      models.HeadSpec(task.name, task.num_classes, multi_label=task.multi_label),
+    ),
+    image_shape=methods.input_shape(task.image_shape, recipe.augmentation),
+    pixel_mean=methods.pixel_mean(task.train["image"]) if recipe.subtract_mean else (),
+  )
+  per_seed, seconds = {}, {}
+  for seed in group:
+    directory = first_network_directory(workdir, seed)
+    if os.path.exists(directory):
+      check_first_network(config, task, workdir, seed)
+      per_seed[seed], _ = checkpoints.load(directory)
+      seconds[seed] = 0.0
+      print(f"Reusing the network trained on {task.name!r} in {directory}.")
+  missing = [seed for seed in group if seed not in per_seed]
+  if missing:
+    with report.Timer() as timer:
+      keys = seeds_lib.keys(missing) if vmapped else jax.random.key(missing[0])
+      trained_model, trained = methods.learn_first_task(
+        model.trunk,
+        task,
+        schedule=methods.Schedule(**config.first_task),
+        recipe=recipe,
+        rng=keys,
+        log=log,
+      )
+    assert trained_model == model, "a loaded network must equal a trained one"
+    for s, seed in enumerate(missing):
+      per_seed[seed] = seeds_lib.take(trained, s) if vmapped else trained
+      checkpoints.save(
+        first_network_directory(workdir, seed),
+        per_seed[seed],
+        first_task_settings(config, task, seed),
+      )
+      seconds[seed] = timer.seconds / len(missing)
+  if not vmapped:
+    return model, per_seed[group[0]], seconds
+  return model, seeds_lib.stack([per_seed[seed] for seed in group]), seconds
 
 
 def reference_accuracies(
-  config: ml_collections.ConfigDict, task_list: list[tasks.Task], seed: int
-) -> list[float]:
-  """Test accuracy of a network trained from scratch on each task alone."""
+  config: ml_collections.ConfigDict,
+  task_list: list[tasks.Task],
+  group: tuple[int, ...],
+  vmapped: bool,
+  *,
+  log: methods.Log | None = None,
+) -> dict[int, list[float]]:
+  """``{seed: test accuracy of a network trained from scratch on each task alone}``;
+  with ``vmapped``, the group's seeds train as one vmapped program."""
   recipe = make_recipe(config)
-  accuracies = []
+  accuracies = {seed: [] for seed in group}
   for i, task in enumerate(task_list):
+    keys = seeds_lib.fold_in(seeds_lib.keys(group), 1000 + i)
     model, variables = methods.learn_first_task(
       make_trunk(config),
       task,
       schedule=methods.Schedule(**config.first_task),
       recipe=recipe,
-      rng=jax.random.fold_in(jax.random.key(seed), 1000 + i),
+      rng=keys if vmapped else keys[0],
+      log=log,
     )
-    task_il, _ = sequence.evaluate_row(
-      model,
-      variables,
-      [task],
-      batch_size=recipe.inference_batch_size,
-      num_devices=recipe.num_devices,
-    )
-    accuracies.append(task_il[0])
+    for s, seed in enumerate(group):
+      task_il, _ = sequence.evaluate_row(
+        model,
+        seeds_lib.take(variables, s) if vmapped else variables,
+        [task],
+        batch_size=recipe.inference_batch_size,
+        num_devices=recipe.num_devices,
+      )
+      accuracies[seed].append(task_il[0])
   return accuracies
+
+
+VMAP_SEEDS = ("auto", "on", "off")
+
+
+def vmaps_seeds(config: ml_collections.ConfigDict, task_list: list[tasks.Task]) -> bool:
+  """Whether the config's seeds train as one vmapped program (``config.vmap_seeds``).
+
+  ``'auto'``: with several seeds on an accelerator, when every task's training
+  data fit on the devices for epochs as scans. On a CPU, measured no faster than
+  seeds in turn (the README's performance section), so off.
+  """
+  if config.vmap_seeds != "auto":
+    return config.vmap_seeds == "on"
+  data = {t.name: t.train for t in task_list}
+  return (
+    len(config.seeds) > 1
+    and jax.default_backend() != "cpu"
+    and train_lib.fits_on_devices(data, make_recipe(config).num_devices)
+  )
 
 
 def check_config(config: ml_collections.ConfigDict) -> list[tasks.Task]:
@@ -262,6 +316,11 @@ def check_config(config: ml_collections.ConfigDict) -> list[tasks.Task]:
     raise ValueError("an experiment needs at least two tasks")
   make_trunk(config)
   method_runs(config)
+  if config.vmap_seeds not in VMAP_SEEDS:
+    raise ValueError(
+      f"config.vmap_seeds must be one of {', '.join(VMAP_SEEDS)}, "
+      f"got {config.vmap_seeds!r}"
+    )
   methods.Schedule(**config.first_task)
   task_list = [load_task(spec) for spec in config.tasks]
   tasks.check_task_sequence(task_list)
@@ -322,22 +381,34 @@ def summarize(matrices: list[np.ndarray], reference: list | None) -> dict:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs the experiment and returns the results written to ``results.json``."""
-  with report.CompileTimer() as compiling:
-    results = _run(config, workdir, compiling)
+  task_list = check_config(config)
+  report.check_writable(workdir)
+  for seed in config.seeds:
+    check_first_network(config, task_list[0], workdir, seed)
+  # On several processes, the first writes the results and logs; all write
+  # checkpoints (orbax coordinates them).
+  primary = jax.process_index() == 0
+  metrics_log = logs.MetricsLog(workdir) if primary else None
+  complete = False
+  try:
+    with report.CompileTimer() as compiling:
+      results = _run(config, workdir, task_list, compiling, metrics_log)
+    complete = True
+  finally:
+    if metrics_log is not None:
+      metrics_log.close(complete=complete)
   return results
 
 
 def _run(
-  config: ml_collections.ConfigDict, workdir: str, compiling: report.CompileTimer
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  task_list: list[tasks.Task],
+  compiling: report.CompileTimer,
+  metrics_log: logs.MetricsLog | None,
 ) -> dict:
-  task_list = check_config(config)
   runs = method_runs(config)
-  report.check_writable(workdir)
-  for seed in config.seeds:
-    check_first_network(config, task_list[0], workdir, seed)
-  # On several processes, the first writes the results; all write checkpoints
-  # (orbax coordinates them).
-  primary = jax.process_index() == 0
+  primary = metrics_log is not None
   partial = os.path.join(workdir, "results.partial.json")
   if primary and os.path.exists(partial):  # an earlier, unfinished run's
     os.remove(partial)
@@ -355,9 +426,20 @@ def _run(
     "reference": {} if config.reference else None,
     "methods": {label: {"seeds": {}} for label in runs},
   }
-  for seed in config.seeds:
-    model, variables, seconds = first_network(config, task_list[0], workdir, seed)
-    results["first_task"][str(seed)] = {"wall_time_s": seconds}
+  vmapped = vmaps_seeds(config, task_list)
+  results["vmapped_seeds"] = vmapped
+  groups = [tuple(config.seeds)] if vmapped else [(seed,) for seed in config.seeds]
+  for group in groups:
+
+    def run_log(run: str, group=group) -> methods.Log | None:
+      return metrics_log and metrics_log.for_run(run, group, vmapped)
+
+    model, variables, seconds = first_networks(
+      config, task_list[0], workdir, group, vmapped, log=run_log("first task")
+    )
+    for seed in group:
+      results["first_task"][str(seed)] = {"wall_time_s": seconds[seed]}
+    rng = seeds_lib.fold_in(seeds_lib.keys(group), 1)
     for label, (method, recipe) in runs.items():
       outcome = sequence.learn_sequence(
         model,
@@ -365,20 +447,27 @@ def _run(
         task_list,
         method=method,
         recipe=recipe,
-        rng=jax.random.fold_in(jax.random.key(seed), 1),
-        progress=f"{report.label(label)}, seed {seed}",
+        rng=rng if vmapped else rng[0],
+        progress=f"{report.label(label)}, seed{'s' * vmapped} "
+        + ", ".join(map(str, group)),
+        log=run_log(label),
       )
-      results["methods"][label]["seeds"][str(seed)] = {
-        "task_il": outcome.task_il.tolist(),
-        "class_il": outcome.class_il.tolist(),
-        "wall_time_s": outcome.wall_time_s,
-      }
+      for s, seed in enumerate(group):
+        results["methods"][label]["seeds"][str(seed)] = {
+          "task_il": (outcome.task_il[s] if vmapped else outcome.task_il).tolist(),
+          "class_il": (outcome.class_il[s] if vmapped else outcome.class_il).tolist(),
+          # Vmapped, each seed's share of the one run.
+          "wall_time_s": outcome.wall_time_s / len(group),
+        }
       # What is finished survives a failure later on; results.json, the last
       # complete run's, is replaced only when this run completes.
       if primary:
         report.write_json(partial, {**results, "config": config.to_dict()})
     if config.reference:
-      results["reference"][str(seed)] = reference_accuracies(config, task_list, seed)
+      accuracies = reference_accuracies(
+        config, task_list, group, vmapped, log=run_log("reference")
+      )
+      results["reference"].update({str(seed): accuracies[seed] for seed in group})
 
   reference = (
     [results["reference"][str(s)] for s in config.seeds] if config.reference else None

@@ -239,6 +239,7 @@ def markdown(results: dict) -> str:
     f"Tasks, in order: {', '.join(results['tasks'])}. Model `{config['model']}`, "
     f"optimizer {config['optimizer']}, seeds {', '.join(map(str, seeds))}"
     + (" (mean ± standard deviation)" if len(seeds) > 1 else "")
+    + (", trained as one vmapped program" if results.get("vmapped_seeds") else "")
     + f"; {results['wall_time_s'] / 60:.1f} min in all"
     + (
       f", {results['compile_time_s']:.0f} s of it compiling."

@@ -15,16 +15,23 @@ over parameter paths), which loss terms are on, and whether old data are used.
 """
 
 import dataclasses
+import functools
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
 from flax import linen as nn
 
 from lwf_jax import augment, inference, models, optim, parallel, tasks, train, trunks
+from lwf_jax import seeds as seeds_lib
 
+# ``log(task, stage, step, metrics)``: the training metrics (see
+# lwf_jax.train.train_step, plus ``learning_rate``) of ``stage`` ('from scratch',
+# 'warm-up', 'train') of ``task``, every ``Recipe.log_every_steps`` steps.
+Log = Callable[[str, str, int, dict[str, Any]], None]
 NEW_HEAD = "heads/{new}/"  # ``{new}`` is replaced by the new task's escaped name
 TRUNK_AND_NEW_HEAD = ("trunk/", NEW_HEAD)
 
@@ -126,7 +133,7 @@ class Schedule:
   learning_rate: float
 
   def __post_init__(self):
-    _check_count("num_epochs", self.num_epochs, minimum=0)
+    train.check_count("num_epochs", self.num_epochs, minimum=0)
     if isinstance(self.learning_rate, bool) or not isinstance(
       self.learning_rate, int | float | np.number
     ):
@@ -162,6 +169,7 @@ class Recipe:
   num_devices: int = 1  # local devices each batch is split over
   augmentation: augment.Augmentation = augment.NONE
   subtract_mean: bool = False
+  log_every_steps: int = 0  # see ``log_every`` of lwf_jax.train.train
 
   def __post_init__(self):
     for name, kind in (
@@ -178,9 +186,10 @@ class Recipe:
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, int | float | np.number):
         raise ValueError(f"{name} must be a number, got {value!r}")
-    _check_count("batch_size", self.batch_size, minimum=1)
-    _check_count("inference_batch_size", self.inference_batch_size, minimum=1)
-    _check_count("num_devices", self.num_devices, minimum=1)
+    train.check_count("batch_size", self.batch_size, minimum=1)
+    train.check_count("inference_batch_size", self.inference_batch_size, minimum=1)
+    train.check_count("log_every_steps", self.log_every_steps, minimum=0)
+    train.check_count("num_devices", self.num_devices, minimum=1)
     if self.num_devices > jax.local_device_count():
       raise ValueError(
         f"num_devices {self.num_devices} exceeds the "
@@ -238,14 +247,18 @@ def train_stage(
   desc: str,
   objective: train.Objective | None = None,
   reference: models.Variables | None = None,
+  log: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> models.Variables:
   """Trains the ``trainable`` leaves on ``data`` with a fresh optimizer.
 
-  ``objective`` defaults to plain cross-entropy per task.
+  ``objective`` defaults to plain cross-entropy per task. ``[S]`` keys in ``rng``
+  train S seeds as one vmapped program (see :mod:`lwf_jax.seeds`). ``log`` gets
+  ``(step, metrics)`` every ``recipe.log_every_steps`` steps, the metrics with
+  the ``learning_rate``.
   """
   if schedule.num_epochs == 0:
     return variables
-  shuffle_rng, dropout_rng = jax.random.split(rng)
+  shuffle_rng, dropout_rng = seeds_lib.split(rng, 2)
   state = train.create_train_state(
     variables,
     trainable=trainable,
@@ -267,6 +280,11 @@ def train_stage(
     desc=desc,
     num_devices=recipe.num_devices,
     augmentation=recipe.augmentation,
+    num_seeds=seeds_lib.count(rng),
+    log_every=recipe.log_every_steps,
+    log=None
+    if log is None
+    else functools.partial(_with_learning_rate, log, schedule.learning_rate),
   )
   return {"params": state.params, "batch_stats": state.batch_stats}
 
@@ -278,6 +296,7 @@ def learn_first_task(
   schedule: Schedule,
   recipe: Recipe,
   rng: jax.Array,
+  log: Log | None = None,
 ) -> tuple[models.MultiHeadNet, models.Variables]:
   """Trains a network from scratch on one task (the paper's "original network").
 
@@ -286,15 +305,17 @@ def learn_first_task(
     task: the task.
     schedule: epochs and learning rate.
     recipe: the other settings.
-    rng: PRNG key.
+    rng: PRNG key; ``[S]`` keys train S seeds as one vmapped program.
+    log: receives the training metrics (see :data:`Log`).
 
   Returns:
-    ``(model, variables)`` with one head, ``task.name``.
+    ``(model, variables)`` with one head, ``task.name``; with ``[S]`` keys, every
+    leaf of the variables has a leading ``[S]`` axis (see :mod:`lwf_jax.seeds`).
   """
   _check_batch_size(task, recipe)
   if isinstance(trunk, str):
     trunk = trunks.make_trunk(trunk)
-  init_rng, head_rng, train_rng = jax.random.split(rng, 3)
+  init_rng, head_rng, train_rng = seeds_lib.split(rng, 3)
   model, variables = models.init_trunk(
     trunk,
     init_rng,
@@ -316,6 +337,7 @@ def learn_first_task(
     recipe=recipe,
     rng=train_rng,
     desc=f"{task.name}: from scratch",
+    log=_bind(log, task.name, "from scratch"),
   )
   return model, variables
 
@@ -330,6 +352,7 @@ def add_task(
   rng: jax.Array,
   old_tasks: Sequence[tasks.Task] = (),
   progress: str = "",
+  log: Log | None = None,
 ) -> tuple[models.MultiHeadNet, models.Variables]:
   """Adds ``task`` to the network with ``method`` (see the module docstring).
 
@@ -339,10 +362,14 @@ def add_task(
     task: the new task.
     method: how to add it.
     recipe: training settings.
-    rng: PRNG key for the new head and for training.
+    rng: PRNG key for the new head and for training; ``[S]`` keys for variables
+      of S seeds (a leading ``[S]`` axis on every leaf, see
+      :mod:`lwf_jax.seeds`), trained as one vmapped program and recorded seed by
+      seed.
     old_tasks: the tasks of the existing heads; only read when the method uses old
       data, and then required for every head.
     progress: a label for the progress bars, such as the method's name.
+    log: receives the training metrics of both stages (see :data:`Log`).
 
   Returns:
     ``(grown_model, trained_variables)``.
@@ -366,12 +393,8 @@ def add_task(
 
   new_split = dict(task.train)
   if (method.teacher == "recorded" and old_heads) or method.feature_penalty:
-    recorded = inference.predict(
-      model,
-      variables,
-      task.train["image"],
-      batch_size=recipe.inference_batch_size,
-      num_devices=recipe.num_devices,
+    recorded = predict_each_seed(
+      model, variables, task.train["image"], recipe, seeds_lib.count(rng)
     )
     if method.teacher == "recorded" and old_heads:
       new_split["recorded"] = recorded.logits
@@ -380,7 +403,7 @@ def add_task(
   needs_reference = method.teacher == "online" or method.weight_penalty
   reference = variables if needs_reference else None
 
-  head_rng, warmup_rng, main_rng = jax.random.split(rng, 3)
+  head_rng, warmup_rng, main_rng = seeds_lib.split(rng, 3)
   hidden = (model.trunk.num_features,) * method.new_head_layers
   spec = models.HeadSpec(task.name, task.num_classes, hidden, task.multi_label)
   model, variables = models.add_head(model, variables, spec, head_rng)
@@ -395,6 +418,7 @@ def add_task(
       recipe=recipe,
       rng=warmup_rng,
       desc=f"{progress} {task.name}: warm-up".strip(),
+      log=_bind(log, task.name, "warm-up"),
     )
   return model, train_stage(
     model,
@@ -407,7 +431,39 @@ def add_task(
     desc=f"{progress} {task.name}: train".strip(),
     objective=recipe.stage_objective(method, old_heads),
     reference=reference,
+    log=_bind(log, task.name, "train"),
   )
+
+
+def predict_each_seed(
+  model: models.MultiHeadNet,
+  variables: models.Variables,
+  images: np.ndarray,
+  recipe: Recipe,
+  num_seeds: int,
+) -> inference.Prediction:
+  """:func:`lwf_jax.inference.predict`, seed by seed for ``num_seeds`` > 0 (one
+  compiled program), the outputs stacked on a leading ``[num_seeds]`` axis."""
+  predict = functools.partial(
+    inference.predict,
+    model,
+    images=images,
+    batch_size=recipe.inference_batch_size,
+    num_devices=recipe.num_devices,
+  )
+  if not num_seeds:
+    return predict(variables)
+  outputs = [predict(seeds_lib.take(variables, s)) for s in range(num_seeds)]
+  return jax.tree.map(lambda *rows: np.stack(rows), *outputs)
+
+
+def _bind(log: Log | None, task: str, stage: str) -> Callable | None:
+  """``log`` with the task and stage bound; ``None`` without a ``log``."""
+  return None if log is None else functools.partial(log, task, stage)
+
+
+def _with_learning_rate(log, learning_rate: float, step: int, metrics: dict) -> None:
+  log(step, {**metrics, "learning_rate": learning_rate})
 
 
 def input_shape(
@@ -444,13 +500,6 @@ def check_images_fit(task: tasks.Task, model: models.MultiHeadNet) -> None:
       f"task {task.name!r} has images of shape {task.image_shape}, the network "
       f"reads {want} (larger images are cropped; channels must match)"
     )
-
-
-def _check_count(name: str, value, *, minimum: int) -> None:
-  if isinstance(value, bool) or not isinstance(value, int | np.integer):
-    raise ValueError(f"{name} must be an integer, got {value!r}")
-  if value < minimum:
-    raise ValueError(f"{name} must be >= {minimum}, got {value}")
 
 
 def _check_batch_size(task: tasks.Task, recipe: Recipe) -> None:

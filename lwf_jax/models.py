@@ -133,7 +133,8 @@ def init_trunk(
 
   Args:
     trunk: the shared trunk module.
-    rng: PRNG key.
+    rng: PRNG key; ``[S]`` keys initialise S seeds, every leaf then with a
+      leading ``[S]`` axis (see :mod:`lwf_jax.seeds`).
     image_shape: ``(height, width, channels)`` of the network's input.
     pixel_mean: per-channel mean subtracted from every image (see
       :class:`MultiHeadNet`); empty for none.
@@ -147,8 +148,10 @@ def init_trunk(
     pixel_mean=tuple(float(m) for m in pixel_mean),
   )
   # One compiled program, not one per initializer as eager init would compile.
-  init = jax.jit(functools.partial(model.init, train=False))
-  variables = init(rng, jnp.zeros((1, *image_shape)))
+  init = functools.partial(model.init, train=False)
+  if rng.ndim:
+    init = jax.vmap(init, in_axes=(0, None))
+  variables = jax.jit(init)(rng, jnp.zeros((1, *image_shape)))
   return model, {
     "params": variables["params"],
     "batch_stats": variables.get("batch_stats", {}),
@@ -170,7 +173,8 @@ def add_head(
     model: the network before growth.
     variables: its variables.
     spec: the new head; its name must be new and it needs at least 2 classes.
-    rng: PRNG key for the new head's initialisation.
+    rng: PRNG key for the new head's initialisation; ``[S]`` keys for variables
+      of S seeds (see :func:`init_trunk`).
 
   Returns:
     ``(grown_model, grown_variables)``.
@@ -187,9 +191,10 @@ def add_head(
     )
   features = jnp.zeros((1, model.trunk.num_features))
   head = Head(spec.num_classes, spec.hidden_sizes)
-  head_params = jax.jit(functools.partial(head.init, train=False))(rng, features)[
-    "params"
-  ]
+  init = functools.partial(head.init, train=False)
+  if rng.ndim:
+    init = jax.vmap(init, in_axes=(0, None))
+  head_params = jax.jit(init)(rng, features)["params"]
   params = dict(variables["params"])
   params["heads"] = {**params.get("heads", {}), spec.name: head_params}
   grown = model.clone(head_specs=(*model.head_specs, spec))

@@ -15,13 +15,14 @@ import jax
 import numpy as np
 
 from lwf_jax import inference, methods, models, tasks
+from lwf_jax import seeds as seeds_lib
 
 
 class SequenceResult(NamedTuple):
   model: models.MultiHeadNet
   variables: models.Variables
-  task_il: np.ndarray  # [T, T]
-  class_il: np.ndarray  # [T, T]
+  task_il: np.ndarray  # [T, T]; [S, T, T] for S seeds
+  class_il: np.ndarray  # [T, T]; [S, T, T] for S seeds
   wall_time_s: float  # learning tasks 1..T-1 and evaluating, not the first task
 
 
@@ -52,6 +53,7 @@ def learn_sequence(
   recipe: methods.Recipe,
   rng: jax.Array,
   progress: str = "",
+  log: methods.Log | None = None,
 ) -> SequenceResult:
   """Adds ``task_list[1:]`` one at a time to a network that has learned task 0.
 
@@ -64,8 +66,14 @@ def learn_sequence(
     task_list: the tasks, in order; the first is already learned.
     method: how each new task is added.
     recipe: training settings.
-    rng: PRNG key; task ``i`` uses ``fold_in(rng, i)``.
+    rng: PRNG key; task ``i`` uses ``fold_in(rng, i)``. ``[S]`` keys learn S
+      seeds at once, from ``variables`` with a leading ``[S]`` axis (see
+      :mod:`lwf_jax.seeds`): training vmapped, evaluation seed by seed.
     progress: a label for the progress bars, such as the method's name.
+    log: receives each stage's training metrics (see
+      :data:`lwf_jax.methods.Log`) and, after task ``i``, with stage
+      ``'evaluate'`` and step ``i``, ``{'task_il/<task>': ..., 'class_il/<task>':
+      ...}`` for every task seen so far (``[S]`` arrays with seeds).
 
   Returns:
     The final network and the accuracy matrices.
@@ -78,16 +86,30 @@ def learn_sequence(
       f"the network must have learned only the first task {task_list[0].name!r}; "
       f"it has heads {model.head_names}"
     )
-  num_tasks = len(task_list)
-  task_il = np.full((num_tasks, num_tasks), np.nan)
-  class_il = np.full((num_tasks, num_tasks), np.nan)
+  num_tasks, num_seeds = len(task_list), seeds_lib.count(rng)
+  shape = (num_seeds or 1, num_tasks, num_tasks)
+  task_il, class_il = np.full(shape, np.nan), np.full(shape, np.nan)
   start = time.perf_counter()
   evaluate = functools.partial(
     evaluate_row,
     batch_size=recipe.inference_batch_size,
     num_devices=recipe.num_devices,
   )
-  task_il[0, :1], class_il[0, :1] = evaluate(model, variables, task_list[:1])
+
+  def evaluate_seeds(model, variables, row):
+    for s in range(num_seeds or 1):
+      seed_variables = seeds_lib.take(variables, s) if num_seeds else variables
+      scores = evaluate(model, seed_variables, task_list[: row + 1])
+      task_il[s, row, : row + 1], class_il[s, row, : row + 1] = scores
+    if log is not None:
+      scores = {}
+      for j, task in enumerate(task_list[: row + 1]):
+        for scenario, matrix in (("task_il", task_il), ("class_il", class_il)):
+          values = matrix[:, row, j]
+          scores[f"{scenario}/{task.name}"] = values if num_seeds else values[0]
+      log(task_list[row].name, "evaluate", row, scores)
+
+  evaluate_seeds(model, variables, 0)
   for i in range(1, num_tasks):
     model, variables = methods.add_task(
       model,
@@ -95,13 +117,14 @@ def learn_sequence(
       task_list[i],
       method=method,
       recipe=recipe,
-      rng=jax.random.fold_in(rng, i),
+      rng=seeds_lib.fold_in(rng, i),
       old_tasks=task_list[:i],
       progress=progress,
+      log=log,
     )
-    task_il[i, : i + 1], class_il[i, : i + 1] = evaluate(
-      model, variables, task_list[: i + 1]
-    )
+    evaluate_seeds(model, variables, i)
+  if not num_seeds:
+    task_il, class_il = task_il[0], class_il[0]
   return SequenceResult(
     model, variables, task_il, class_il, time.perf_counter() - start
   )

@@ -17,7 +17,7 @@ network before the new task) serve the online teacher and the weight penalty.
 import dataclasses
 import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -28,6 +28,7 @@ from flax import struct
 from flax.training import train_state
 
 from lwf_jax import augment, losses, models, optim, parallel, tasks
+from lwf_jax import seeds as seeds_lib
 
 Batch = dict[str, dict[str, Any]]
 
@@ -130,10 +131,12 @@ def create_train_state(
     optimizer: ``'sgd'`` or ``'adam'``.
     momentum: SGD momentum.
     weight_decay: L2 coefficient.
-    dropout_rng: PRNG key, folded with the step number at each step.
+    dropout_rng: PRNG key, folded with the step number at each step; ``[S]``
+      keys for S seeds (see :mod:`lwf_jax.seeds`), whose ``variables`` then have
+      a leading ``[S]`` axis.
 
   Returns:
-    The train state.
+    The train state; with ``[S]`` keys, one per seed on a leading axis.
   """
   if isinstance(trainable, str):
     raise ValueError(f"trainable is a sequence of patterns, got {trainable!r}")
@@ -149,7 +152,8 @@ def create_train_state(
     weight_decay=weight_decay,
   )
   optim.trainable_labels(variables["params"], trainable)  # raises on a bad pattern
-  return _create_train_state(variables, dropout_rng, tx=tx, trainable=tuple(trainable))
+  create = functools.partial(_create_train_state, tx=tx, trainable=tuple(trainable))
+  return (jax.vmap(create) if dropout_rng.ndim else create)(variables, dropout_rng)
 
 
 @functools.partial(jax.jit, static_argnames=("tx", "trainable"))
@@ -390,14 +394,13 @@ def train_epoch(
       :func:`train_step`.
 
   Returns:
-    ``(state after the epoch, metrics of its last step)``.
+    ``(state after the epoch, metrics of every step, each [steps])``.
   """
 
   def step(state, step_indices):
     return train_step(state, gather(data, step_indices), reference, **step_kwargs)
 
-  state, metrics = jax.lax.scan(step, state, dict(indices))
-  return state, jax.tree.map(lambda m: m[-1], metrics)
+  return jax.lax.scan(step, state, dict(indices))
 
 
 @functools.cache
@@ -412,7 +415,8 @@ def compiled_train_epoch(
 ):
   """:func:`train_epoch` compiled once per data shape, as
   :func:`compiled_train_step`; with ``seeds``, vmapped over a leading seed axis of
-  the state, the indices and the reference (the data are shared)."""
+  the state, the indices, the reference and the data's :data:`PER_SEED` arrays
+  (the images and labels are shared)."""
 
   def epoch(state, data, indices, reference, axis_name=None):
     run = functools.partial(
@@ -423,7 +427,11 @@ def compiled_train_epoch(
       axis_name=axis_name,
     )
     if seeds:
-      run = jax.vmap(run, in_axes=(0, None, 0, 0))
+      data_axes = {
+        task: {key: 0 if key in PER_SEED else None for key in split}
+        for task, split in data.items()
+      }
+      run = jax.vmap(run, in_axes=(0, data_axes, 0, 0))
     return run(state, data, indices, reference)
 
   return parallel.compile_step(
@@ -431,14 +439,7 @@ def compiled_train_epoch(
   )
 
 
-def stack_seeds(trees: Sequence[Any]) -> Any:
-  """Trees of one structure (one per seed) stacked on a new leading seed axis."""
-  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
-
-
-def seed_slice(tree: Any, seed: int) -> Any:
-  """Seed ``seed``'s tree of a tree stacked by :func:`stack_seeds`."""
-  return jax.tree.map(lambda leaf: leaf[seed], tree)
+PER_SEED = ("recorded", "recorded_features")  # a sub-batch's per-seed arrays
 
 
 @functools.cache
@@ -536,6 +537,8 @@ def train(
   augmentation: augment.Augmentation = augment.NONE,
   scan_epochs: bool | None = None,
   num_seeds: int = 0,
+  log_every: int = 0,
+  log: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> tuple[TrainState, dict[str, Any]]:
   """Trains for ``num_epochs`` epochs of the first task in ``data``.
 
@@ -545,6 +548,8 @@ def train(
     data: ``{task: split}``, whole splits (on the host or the device). An epoch is
       one pass over the first task's examples (the last partial batch dropped);
       every other task contributes ``batch_size`` examples to each step too.
+      With ``num_seeds``, the :data:`PER_SEED` arrays (recordings) have a
+      leading ``[num_seeds]`` axis; images and labels are shared.
     model: the network.
     objective: the loss.
     num_epochs: passes over the first task.
@@ -564,26 +569,28 @@ def train(
       always).
     num_seeds: > 0 trains that many independent runs (their own states, shuffles
       and dropout) as one vmapped program; needs epochs as scans.
+    log_every: call ``log`` every this many steps (counted from 1 over the whole
+      stage) and at the last; 0: at the last step of each epoch.
+    log: ``log(step, metrics)`` with one step's metrics on the host (floats;
+      ``[num_seeds]`` arrays with seeds). A looped epoch fetches the metrics at
+      each such step; a scanned epoch returns every step's and is logged after.
+
+  Metrics stay on the device between logs: the host waits on the device only
+  to log and at the end of each epoch, where every step's loss is checked to
+  be finite (``FloatingPointError`` naming the stage, epoch and step if not).
 
   Returns:
     ``(state, metrics of the last step)``; with ``num_seeds``, each metric is a
     ``[num_seeds]`` array.
   """
-  parallel.check_num_devices(num_devices)
-  if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
-    raise ValueError(f"batch size must be an integer, got {batch_size!r}")
-  if batch_size < 1:
-    raise ValueError(f"batch size must be >= 1, got {batch_size}")
-  sizes = _check_data(data, model)
-  steps, local_batch_size = _epoch_shape(sizes, batch_size, num_devices)
-  _check_reference(objective, reference, model)
-  if scan_epochs is None:
-    scan_epochs = bool(num_seeds) or (
-      fits_on_devices(data, num_devices) and scans_fast(model)
-    )
-  _check_seeds(num_seeds, scan_epochs, state, rng)
+  check_count("log_every", log_every, minimum=0)
+  sizes, steps, local_batch_size, scan_epochs = _check_arguments(
+    state, data, model=model, objective=objective, batch_size=batch_size, rng=rng,
+    reference=reference, num_devices=num_devices, scan_epochs=scan_epochs,
+    num_seeds=num_seeds,
+  )  # fmt: skip
   if jax.process_count() > 1:
-    rng = _fold_in(rng, jax.process_index())
+    rng = seeds_lib.fold_in(rng, jax.process_index())
   shuffle = functools.partial(
     epoch_indices, sizes=sizes, steps=steps, batch_size=local_batch_size
   )
@@ -592,36 +599,111 @@ def train(
   state = parallel.replicate(state, num_devices)
   reference = parallel.replicate(reference, num_devices)
   compile_args = (model, objective, num_devices)
+  host = functools.partial(_host_metrics, num_devices=num_devices)
   if scan_epochs:
     data = parallel.replicate(jax.device_put(data), num_devices)
-    run_epoch = compiled_train_epoch(
+    scan = compiled_train_epoch(
       *compile_args, augmentation=augmentation, seeds=bool(num_seeds)
     )
+
+    def run_epoch(state, indices, log_steps, report):
+      del log_steps, report  # logged from every step's metrics, after the epoch
+      indices = parallel.shard_columns(indices, num_devices)
+      state, every_step = scan(state, data, indices, reference)
+      bar.update(steps)
+      return state, host(every_step)  # [steps] per metric; [seeds, steps]
+
   else:
     data = jax.device_put(data)
     step_fn = compiled_train_step(*compile_args, augmentation=augmentation)
+
+    def run_epoch(state, indices, log_steps, report):
+      every_step = []
+      for step in range(steps):
+        batch = parallel.shard(take_batch(data, indices, step), num_devices)
+        state, metrics = step_fn(state, batch, reference)
+        every_step.append(metrics)
+        bar.update()
+        if step in log_steps and step < steps - 1:
+          report(step, host_floats(host(metrics)))
+      every_step = jax.device_get(every_step)
+      return state, host(jax.tree.map(lambda *m: np.stack(m, -1), *every_step))
+
   metrics = {}
   with tqdm.tqdm(total=num_epochs * steps, desc=desc, unit="step") as bar:
     for epoch in range(num_epochs):
-      indices = shuffle(_fold_in(rng, epoch))
-      if scan_epochs:
-        indices = parallel.shard_columns(indices, num_devices)
-        state, metrics = run_epoch(state, data, indices, reference)
-        bar.update(steps)
-      else:
-        for step in range(steps):
-          batch = parallel.shard(take_batch(data, indices, step), num_devices)
-          state, metrics = step_fn(state, batch, reference)
-          bar.update()
-      metrics = jax.device_get(parallel.unreplicate(metrics, num_devices))
-      if not num_seeds:
-        metrics = {name: float(value) for name, value in metrics.items()}
-      _check_finite(metrics["loss"], desc, epoch)
+
+      def report(step: int, metrics: dict, epoch: int = epoch) -> None:
+        """Logs step ``step`` (from 0) of this epoch."""
+        _check_finite(metrics["loss"], desc, epoch, step)
+        if log is not None:
+          log(epoch * steps + step + 1, metrics)
+
+      log_steps = _logs_at(epoch, log_every=log_every, steps=steps, epochs=num_epochs)
+      indices = shuffle(seeds_lib.fold_in(rng, epoch))
+      state, every_step = run_epoch(state, indices, log_steps, report)
+      _check_finite_steps(every_step["loss"], desc, epoch)
+      for step in log_steps:
+        if scan_epochs or step == steps - 1:  # a looped epoch logged the others
+          report(step, _one_step(every_step, step, num_seeds))
+      metrics = _one_step(every_step, steps - 1, num_seeds)
       bar.set_postfix(loss=np.array2string(np.asarray(metrics["loss"]), precision=4))
   return parallel.unreplicate(state, num_devices), metrics
 
 
-def _check_data(data: Batch, model: models.MultiHeadNet) -> dict[str, int]:
+def _check_arguments(
+  state, data, *, model, objective, batch_size, rng, reference, num_devices,
+  scan_epochs, num_seeds
+) -> tuple[dict[str, int], int, int, bool]:  # fmt: skip
+  """:func:`train`'s checks; ``(sizes, steps, local batch size, scan_epochs)``."""
+  parallel.check_num_devices(num_devices)
+  check_count("batch size", batch_size, minimum=1)
+  check_count("num_seeds", num_seeds, minimum=0)
+  sizes = _check_data(data, model, num_seeds)
+  steps, local_batch_size = _epoch_shape(sizes, batch_size, num_devices)
+  _check_reference(objective, reference, model)
+  if scan_epochs is None:
+    scan_epochs = bool(num_seeds) or (
+      fits_on_devices(data, num_devices) and scans_fast(model)
+    )
+  _check_seeds(num_seeds, scan_epochs, state, rng)
+  return sizes, steps, local_batch_size, scan_epochs
+
+
+def check_count(name: str, value: Any, *, minimum: int) -> None:
+  """Raises ``ValueError`` unless ``value`` is an integer >= ``minimum``."""
+  if isinstance(value, bool) or not isinstance(value, int | np.integer):
+    raise ValueError(f"{name} must be an integer, got {value!r}")
+  if value < minimum:
+    raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _logs_at(epoch: int, *, log_every: int, steps: int, epochs: int) -> list[int]:
+  """The steps of ``epoch`` (from 0) to log at: every ``log_every``-th step of the
+  stage, counted from 1, and its last; with ``log_every`` 0, each epoch's last."""
+  if not log_every:
+    return [steps - 1]
+  first = -(epoch * steps) % log_every or log_every  # steps to the next log
+  at = list(range(first - 1, steps, log_every))
+  if epoch == epochs - 1 and steps - 1 not in at:
+    at.append(steps - 1)
+  return at
+
+
+def _host_metrics(metrics: dict, *, num_devices: int) -> dict[str, np.ndarray]:
+  """Device 0's metrics, fetched to the host."""
+  metrics = jax.device_get(parallel.unreplicate(metrics, num_devices))
+  return {name: np.asarray(value) for name, value in metrics.items()}
+
+
+def host_floats(metrics: dict) -> dict[str, float]:
+  """``{name: float}`` of scalar metrics."""
+  return {name: float(value) for name, value in metrics.items()}
+
+
+def _check_data(
+  data: Batch, model: models.MultiHeadNet, num_seeds: int = 0
+) -> dict[str, int]:
   """Checks every split against its head; returns ``{task: examples}``."""
   if not data:
     raise ValueError("no training data: give at least one task's split")
@@ -639,12 +721,27 @@ def _check_data(data: Batch, model: models.MultiHeadNet) -> dict[str, int]:
         f"does not have ({list(num_classes)})"
       )
     tasks.check_split(
-      split,
+      _first_seed(split, num_seeds, where=f"training data of {task!r}")
+      if num_seeds
+      else split,
       num_classes[task],
       where=f"training data of {task!r}",
       multi_label=multi_label[task],
     )
   return {task: len(split["label"]) for task, split in data.items()}
+
+
+def _first_seed(split: dict, num_seeds: int, *, where: str) -> dict:
+  """``split`` with the first seed's :data:`PER_SEED` arrays, once every one is
+  checked to have ``num_seeds`` rows."""
+  per_seed = {key: split[key] for key in PER_SEED if key in split}
+  shapes = {np.shape(leaf)[:1] for leaf in jax.tree.leaves(per_seed)}
+  if shapes - {(num_seeds,)}:
+    raise ValueError(
+      f"{where}: with num_seeds={num_seeds}, {sorted(per_seed)} need a leading "
+      f"axis of {num_seeds}; got {sorted(shapes)}"
+    )
+  return {**split, **seeds_lib.take(per_seed, 0)}
 
 
 def _check_reference(
@@ -696,16 +793,7 @@ def _epoch_shape(
   return steps, local_batch_size
 
 
-def _fold_in(rng: jax.Array, data: int) -> jax.Array:
-  """``fold_in`` of one key, or of each of ``[seeds]`` keys."""
-  if rng.ndim:
-    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(rng, data)
-  return jax.random.fold_in(rng, data)
-
-
 def _check_seeds(num_seeds: int, scan_epochs: bool, state: TrainState, rng) -> None:
-  if num_seeds < 0:
-    raise ValueError(f"num_seeds must be >= 0, got {num_seeds}")
   if not num_seeds:
     if rng.ndim:
       raise ValueError(f"one PRNG key expected without num_seeds, got {rng.shape}")
@@ -720,10 +808,27 @@ def _check_seeds(num_seeds: int, scan_epochs: bool, state: TrainState, rng) -> N
     )
 
 
-def _check_finite(loss: Any, desc: str, epoch: int) -> None:
+def _one_step(every_step: dict, step: int, num_seeds: int) -> dict:
+  """Step ``step``'s metrics of an epoch's: floats, or ``[num_seeds]`` arrays."""
+  metrics = {name: values[..., step] for name, values in every_step.items()}
+  return metrics if num_seeds else host_floats(metrics)
+
+
+def _check_finite_steps(loss: np.ndarray, desc: str, epoch: int) -> None:
+  """:func:`_check_finite` of an epoch's ``[steps]`` (or ``[seeds, steps]``)
+  losses, naming its first non-finite step."""
+  bad = ~np.isfinite(loss).reshape(-1, loss.shape[-1]).all(0)
+  if bad.any():
+    step = int(np.argmax(bad))
+    _check_finite(loss[..., step], desc, epoch, step)
+
+
+def _check_finite(loss: Any, desc: str, epoch: int, step: int) -> None:
+  """Raises ``FloatingPointError`` unless ``loss`` (one step's) is finite;
+  ``epoch`` and ``step`` count from 0 and are reported from 1."""
   loss = np.asarray(loss)
   if not np.all(np.isfinite(loss)):
     where = "" if loss.ndim == 0 else f" (seeds {np.flatnonzero(~np.isfinite(loss))})"
     raise FloatingPointError(
-      f"{desc}: non-finite loss {loss} in epoch {epoch + 1}{where}"
+      f"{desc}: non-finite loss {loss} in epoch {epoch + 1}, step {step + 1}{where}"
     )

@@ -1,15 +1,18 @@
 """End to end: the shipped experiments, shrunk, by API and by command line."""
 
+import csv
 import json
 import os
 import pkgutil
+import struct
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from tensorboardX.proto import event_pb2
 
-from experiments import configs, continual, summary
+from experiments import configs, continual, logs, summary
 from experiments.configs import mnist_to_uci_smoke, split_mnist_smoke
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,6 +37,21 @@ def split_mnist(tmp_path_factory):
   return workdir, continual.run(split_mnist_smoke.get_config(), workdir)
 
 
+def event_tags(directory):
+  """The scalar tags in a directory's TensorBoard event files."""
+  tags = set()
+  for name in os.listdir(directory):
+    with open(os.path.join(directory, name), "rb") as file:
+      data = file.read()
+    offset = 0
+    while offset < len(data):  # records: length, its CRC, the event, its CRC
+      (length,) = struct.unpack("<Q", data[offset : offset + 8])
+      event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
+      tags |= {value.tag for value in event.summary.value}
+      offset += 16 + length
+  return tags
+
+
 class TestSingleNewTask:
   def test_files_written_and_accuracy_above_chance(self, single_task):
     workdir, results = single_task
@@ -41,6 +59,7 @@ class TestSingleNewTask:
       "curves_class_il.png",
       "curves_task_il.png",
       "first_task_seed0",
+      "logs",
       "matrix_class_il.png",
       "matrix_task_il.png",
       "results.json",
@@ -63,6 +82,42 @@ class TestSingleNewTask:
       text = file.read()
     assert "| LwF (ours) |" in text and "old task: mnist5k" in text
     assert results["markdown"] == text
+
+  def test_logs_hold_the_training_metrics_and_the_results(self, single_task):
+    workdir, results = single_task
+    with open(os.path.join(workdir, "logs", "metrics.csv"), newline="") as file:
+      rows = list(csv.DictReader(file))
+    assert list(rows[0]) == list(logs.COLUMNS)
+    every = mnist_to_uci_smoke.get_config().log_every_steps
+    last = {}  # each stage's last step, logged whatever the interval
+    for r in rows:
+      stage = (r["run"], r["task"], r["stage"])
+      last[stage] = max(last.get(stage, 0), int(r["step"]))
+    for run in ("first task", *results["methods"]):
+      training = [r for r in rows if r["run"] == run and r["stage"] != "evaluate"]
+      assert training, run
+      for r in training:
+        step = int(r["step"])
+        assert step % every == 0 or step == last[r["run"], r["task"], r["stage"]]
+    # Distillation terms of LwF's old head, and only where LwF distils.
+    kl = {(r["run"], r["stage"]) for r in rows if r["metric"] == "kl/mnist5k"}
+    assert kl == {("lwf", "train")}
+    # Every accuracy in the results, logged after its task.
+    for run, entry in results["methods"].items():
+      for scenario in ("task_il", "class_il"):
+        matrix = entry["seeds"]["0"][scenario]
+        for i, task in enumerate(results["tasks"]):
+          for j, seen in enumerate(results["tasks"][: i + 1]):
+            (row,) = [
+              r
+              for r in rows
+              if (r["run"], r["stage"], r["step"], r["metric"])
+              == (run, "evaluate", str(i), f"{scenario}/{seen}")
+            ]
+            assert (row["task"], float(row["value"])) == (task, matrix[i][j])
+    tags = event_tags(os.path.join(workdir, "logs", "tensorboard", "lwf_seed0"))
+    assert {"uci_digits/train/loss", "uci_digits/train/kl/mnist5k"} <= tags
+    assert "uci_digits/evaluate/task_il/mnist5k" in tags
 
   def test_feature_extraction_keeps_the_old_accuracy_exactly(self, single_task):
     _, results = single_task
@@ -218,6 +273,35 @@ def test_summary_runs_again_over_unreadable_results(tmp_path, content):
   assert summary.reusable(str(path), mnist_to_uci_smoke.get_config()) is None
 
 
+def test_vmapped_seeds_match_seeds_in_turn_and_share_first_networks(tmp_path, capsys):
+  """``vmap_seeds='on'``: the same protocol, each seed's first network on disk."""
+  config = split_mnist_smoke.get_config()
+  config.seeds, config.methods, config.reference = (0, 1), ("lwf",), True
+  config.tasks = config.tasks[:3]
+  config.first_task.num_epochs, config.warmup.num_epochs = 3, 1
+  config.train.num_epochs = 3
+  in_turn = continual.run(config, str(tmp_path / "in_turn"))
+  assert not in_turn["vmapped_seeds"]
+  config.vmap_seeds = "on"
+  together = continual.run(config, str(tmp_path / "together"))
+  assert together["vmapped_seeds"] and "vmapped program" in together["markdown"]
+  # Seed 1's first network trained vmapped on its own, seed 0's loaded.
+  mixed = tmp_path / "in_turn"
+  subprocess.run(["rm", "-r", str(mixed / "first_task_seed1")], check=True)
+  capsys.readouterr()
+  again = continual.run(config, str(mixed))
+  assert capsys.readouterr().out.count("Reusing the network") == 1
+  assert (mixed / "first_task_seed1").is_dir()
+  for results in (together, again):
+    for scenario in ("task_il", "class_il"):
+      for seed, matrix in final_rows(in_turn, "lwf", scenario).items():
+        vmapped = final_rows(results, "lwf", scenario)[seed]
+        # The same steps; vmapped matmuls round differently, by an example or two.
+        np.testing.assert_allclose(vmapped, matrix, atol=0.03)
+    for seed, accuracies in in_turn["reference"].items():
+      np.testing.assert_allclose(results["reference"][seed], accuracies, atol=0.03)
+
+
 def run_main(*args):
   return subprocess.run(
     [sys.executable, "-m", "experiments.main", *args],
@@ -252,6 +336,7 @@ def smoke(**overrides):
   "overrides, message",
   [
     ({"model": "alexnet9000"}, "unknown model 'alexnet9000'; valid models: mlp"),
+    ({"vmap_seeds": "yes"}, "vmap_seeds must be one of auto, on, off"),
     ({"lwf.temperature": 0.0}, "temperature must be finite and > 0"),
     ({"lwf.lambda_old": float("inf")}, "lambda_old must be finite"),
     ({"train.learning_rate": float("inf")}, "learning_rate must be finite"),

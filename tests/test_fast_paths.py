@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from lwf_jax import inference, train, trunks
+from lwf_jax import inference, seeds, train, trunks
 from tests import helpers
 
 
@@ -66,32 +66,39 @@ def test_scanned_epochs_take_the_loops_steps(num_devices):
 
 def seed_states(variables_per_seed):
   states = [make_state(v, seed) for seed, v in enumerate(variables_per_seed)]
-  return states, train.stack_seeds(states)
+  return states, seeds.stack(states)
+
+
+def seed_data(data_per_seed):
+  """One split, with each seed's recordings stacked on a leading axis."""
+  recorded = seeds.stack([data["new"]["recorded"] for data in data_per_seed])
+  return {"new": {**data_per_seed[0]["new"], "recorded": recorded}}
 
 
 @pytest.mark.parametrize("num_devices", [1, 2])
 def test_vmapped_seeds_equal_sequential_runs(num_devices):
   setups = [lwf_setup(seed) for seed in range(2)]
-  model, data = setups[0][0], setups[0][2]
+  model = setups[0][0]
   states, stacked = seed_states([v for _, v, _ in setups])
   rngs = jax.random.split(jax.random.key(11), 2)
+  data = seed_data([d for _, _, d in setups])
   together, metrics = run(
     model, stacked, data, rng=rngs, num_seeds=2, num_devices=num_devices, num_epochs=2
   )
   assert metrics["loss"].shape == (2,)
-  first, second = (train.seed_slice(together.params, s) for s in (0, 1))
+  first, second = (seeds.take(together.params, s) for s in (0, 1))
   assert helpers.bits(first) != helpers.bits(second)
   for seed, state in enumerate(states):
     alone, alone_metrics = run(
       model,
       state,
-      data,
+      setups[seed][2],
       rng=rngs[seed],
       scan_epochs=True,
       num_devices=num_devices,
       num_epochs=2,
     )
-    assert_trees_close(leaves(train.seed_slice(together, seed)), leaves(alone))
+    assert_trees_close(leaves(seeds.take(together, seed)), leaves(alone))
     np.testing.assert_allclose(metrics["loss"][seed], alone_metrics["loss"], 1e-5)
 
 
@@ -138,6 +145,7 @@ def test_small_data_scan_by_default_large_data_loop():
 def test_bad_seed_arguments_raise_before_training(stacked, kwargs, message):
   model, variables, data = lwf_setup()
   state = seed_states([variables, variables])[1] if stacked else make_state(variables)
+  data = seed_data([data, data]) if stacked else data
   rngs = jax.random.split(jax.random.key(0), 2)
   with pytest.raises(ValueError, match=message):
     run(model, state, data, rng=rngs, **kwargs)

@@ -1,6 +1,7 @@
 """The train step and loop: batching, recorded outputs, frozen leaves, failures."""
 
 import functools
+import re
 
 import chex
 import jax
@@ -8,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lwf_jax import inference, methods, models, train, trunks
+from lwf_jax import inference, methods, models, seeds, train, trunks
 from tests import helpers
 
 
@@ -213,21 +214,93 @@ def test_one_compilation_per_stage():
       state, _ = step_fn(state, train.take_batch(data, indices, step))
 
 
-def test_non_finite_loss_stops_with_epoch_in_message():
+def train_toy(state, model, task, **kwargs):
+  return train.train(
+    state,
+    {"t": task.train},
+    model=model,
+    objective=train.Objective(),
+    num_epochs=kwargs.pop("num_epochs", 2),
+    batch_size=8,
+    rng=jax.random.key(0),
+    desc="t",
+    **kwargs,
+  )
+
+
+def test_non_finite_loss_names_its_first_step_looped_or_scanned():
   task = helpers.toy_task("t")
   model, variables = helpers.network(trunks.make_trunk("mlp_tiny"), [task])
-  state = make_state(variables, [".*"], learning_rate=1e30)
-  with pytest.raises(FloatingPointError, match=r"non-finite loss .* epoch 1"):
-    train.train(
-      state,
-      {"t": task.train},
-      model=model,
-      objective=train.Objective(),
-      num_epochs=2,
-      batch_size=8,
-      rng=jax.random.key(0),
-      desc="t",
+  logged, steps = [], []
+  for scan_epochs in (False, True):
+    state = make_state(variables, [".*"], learning_rate=1e30)
+    with pytest.raises(FloatingPointError, match="non-finite loss") as error:
+      train_toy(
+        state,
+        model,
+        task,
+        scan_epochs=scan_epochs,
+        log_every=1,
+        log=lambda step, metrics: logged.append(metrics["loss"]),
+      )
+    steps.append(re.search(r"^t: .* in epoch 1, step (\d+)$", str(error.value))[1])
+  # The looped epoch logged every step up to the first non-finite one.
+  assert np.isfinite(logged).all() and steps == [str(len(logged) + 1)] * 2
+
+
+@pytest.mark.parametrize(
+  "log_every, expected",
+  [(0, [6, 12, 18]), (4, [4, 8, 12, 16, 18]), (1, list(range(1, 19))), (50, [18])],
+)
+def test_logs_every_interval_looped_or_scanned(log_every, expected):
+  """48 examples in batches of 8: 6 steps per epoch, 18 in 3 epochs."""
+  task = helpers.toy_task("t")
+  model, variables = helpers.network(trunks.make_trunk("mlp_tiny"), [task])
+  runs = []
+  for scan_epochs in (False, True):
+    logged = []
+    _, last = train_toy(
+      make_state(variables, [".*"]),
+      model,
+      task,
+      num_epochs=3,
+      scan_epochs=scan_epochs,
+      log_every=log_every,
+      log=lambda step, metrics, logged=logged: logged.append((step, metrics)),
     )
+    assert [step for step, _ in logged] == expected
+    assert all(type(v) is float for _, m in logged for v in m.values())
+    assert logged[-1][1] == last
+    runs.append(logged)
+  for (_, looped), (_, scanned) in zip(*runs, strict=True):
+    assert looped.keys() == scanned.keys() == {"loss", "ce/t", "accuracy/t"}
+    for name, value in looped.items():
+      np.testing.assert_allclose(scanned[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_vmapped_seeds_log_one_value_per_seed():
+  task = helpers.toy_task("t")
+  model, variables = helpers.network(trunks.make_trunk("mlp_tiny"), [task])
+  state = train.create_train_state(
+    seeds.stack([variables] * 3),
+    trainable=(".*",),
+    learning_rate=0.05,
+    dropout_rng=seeds.keys([0, 1, 2]),
+  )
+  logged = []
+  train.train(
+    state,
+    {"t": task.train},
+    model=model,
+    objective=train.Objective(),
+    num_epochs=1,
+    batch_size=8,
+    rng=seeds.keys([3, 4, 5]),
+    num_seeds=3,
+    log_every=3,
+    log=lambda step, metrics: logged.append((step, metrics["loss"].shape)),
+  )
+  assert logged == [(3, (3,)), (6, (3,))]  # 6 steps in all
 
 
 def test_batch_larger_than_data_raises_before_compiling():

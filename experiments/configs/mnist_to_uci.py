@@ -31,6 +31,9 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.name = "mnist_to_uci"  # the experiment's name in reports
   config.seeds = (0, 1)  # one run per seed; reports give mean and std over seeds
+  # "on": train the seeds as one vmapped program (variables with a seed axis);
+  # "off": one after another; "auto": on with several seeds on an accelerator.
+  config.vmap_seeds = "auto"
   config.model = "cnn"  # trunk, a key of lwf_jax.trunks.TRUNKS
   # The tasks, in order; the first one is learned from scratch.
   config.tasks = (task("mnist5k"), task("uci_digits"))
@@ -43,6 +46,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.batch_size = 64  # examples per task per step
   config.inference_batch_size = 500  # examples per pass when recording / evaluating
+  # Training metrics go to <workdir>/logs every this many steps (0: once an epoch).
+  config.log_every_steps = 20
   # Local devices to split every batch over (data parallelism); 0: all that JAX
   # sees, so the same command runs on a CPU, 8 GPUs or a TPU host.
   config.num_devices = 0

@@ -1,0 +1,107 @@
+"""Training logs of an experiment: a CSV of every logged value, TensorBoard events.
+
+While a run goes, it writes to ``<workdir>/logs.partial/``; when it completes, that
+directory replaces ``<workdir>/logs/`` (like ``results.json``, the last complete
+run's):
+
+- ``metrics.csv``, one row per value: ``run, seed, task, stage, step, metric,
+  value``. Stages ``from scratch``, ``warm-up`` and ``train`` log the training
+  metrics of :func:`lwf_jax.train.train_step` (``loss``, ``ce/<task>``,
+  ``kl/<old head>``, ...) and ``learning_rate`` every ``config.log_every_steps``
+  steps; stage ``evaluate`` logs ``task_il/<task>`` and ``class_il/<task>`` after
+  each task (step: the task's index).
+- ``tensorboard/<run>_seed<seed>/``, the same values as TensorBoard scalars, tagged
+  ``<task>/<stage>/<metric>``: ``tensorboard --logdir <workdir>``.
+
+TensorBoard event files are written with tensorboardX, which needs no TensorFlow.
+"""
+
+import csv
+import os
+import re
+import shutil
+from typing import Any
+
+import numpy as np
+import tqdm
+from tensorboardX import SummaryWriter
+
+from lwf_jax import methods
+
+COLUMNS = ("run", "seed", "task", "stage", "step", "metric", "value")
+
+
+class MetricsLog:
+  """Appends an experiment's logged values to its CSV and TensorBoard files."""
+
+  def __init__(self, workdir: str):
+    self.partial = os.path.join(workdir, "logs.partial")
+    self.final = os.path.join(workdir, "logs")
+    if os.path.exists(self.partial):  # an earlier, unfinished run's
+      shutil.rmtree(self.partial)
+    os.makedirs(self.partial)
+    self._file = open(  # closed in close()
+      os.path.join(self.partial, "metrics.csv"), "w", newline="", encoding="utf-8"
+    )
+    self._csv = csv.writer(self._file)
+    self._csv.writerow(COLUMNS)
+    self._writers: dict[str, SummaryWriter] = {}
+
+  def for_run(self, run: str, seeds: tuple[int, ...], vmapped: bool) -> methods.Log:
+    """The :data:`lwf_jax.methods.Log` of one run (a method, or the first task)
+    of ``seeds``: one seed, or several vmapped (each value then ``[seeds]``)."""
+
+    def log(task: str, stage: str, step: int, metrics: dict[str, Any]) -> None:
+      for s, seed in enumerate(seeds):
+        values = {
+          # Vmapped, [seeds] arrays; scalars (the learning rate) hold for all.
+          name: float(np.broadcast_to(value, len(seeds))[s] if vmapped else value)
+          for name, value in metrics.items()
+        }
+        self.write(run, seed, task=task, stage=stage, step=step, values=values)
+        if stage == "evaluate":
+          tqdm.tqdm.write(summary_line(run, seed, task, values))
+
+    return log
+
+  def write(
+    self, run: str, seed: int, *, task: str, stage: str, step: int, values: dict
+  ) -> None:
+    """One row per value, and one TensorBoard scalar each."""
+    name = f"{_slug(run)}_seed{seed}"
+    if name not in self._writers:
+      self._writers[name] = SummaryWriter(
+        os.path.join(self.partial, "tensorboard", name)
+      )
+    writer = self._writers[name]
+    for metric, value in values.items():
+      self._csv.writerow((run, seed, task, stage, step, metric, repr(value)))
+      writer.add_scalar(f"{task}/{stage}/{metric}", value, step)
+    self._file.flush()
+
+  def close(self, *, complete: bool) -> None:
+    """Closes the files; if ``complete``, the logs replace ``logs/``."""
+    for writer in self._writers.values():
+      writer.close()
+    self._file.close()
+    if complete:
+      if os.path.exists(self.final):
+        shutil.rmtree(self.final)
+      os.replace(self.partial, self.final)
+
+
+def summary_line(run: str, seed: int, task: str, scores: dict[str, float]) -> str:
+  """One line after a task: the average accuracy over the tasks seen so far."""
+  averages = []
+  for scenario, name in (("task_il", "Task-IL"), ("class_il", "Class-IL")):
+    values = [v for k, v in scores.items() if k.startswith(scenario + "/")]
+    if values and not np.isnan(values).all():
+      averages.append(f"{name} {100 * np.nanmean(values):.2f}%")
+  seen = sum(k.startswith("task_il/") for k in scores)
+  return f"{run}, seed {seed}, after {task} ({seen} seen): " + ", ".join(averages)
+
+
+def _slug(name: str) -> str:
+  """A directory name for a run's label, such as ``lwf_lambda_o_0.5``."""
+  name = name.replace("λo", "lambda_o")
+  return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
