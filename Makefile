@@ -18,10 +18,12 @@ run: $(STAMP)
 	$(BIN)/python -m experiments.main \
 	  --config=experiments/configs/mnist_to_uci.py --workdir=workdir/mnist_to_uci
 
+# Test files run in parallel (pytest-xdist), each whole on one worker so that its
+# module fixtures run once; up to 4 workers, one per core.
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --maxprocesses=4 --dist loadfile
 
 clean:
 	rm -rf workdir

@@ -31,11 +31,13 @@ from lwf_jax import (
   augment,
   checkpoints,
   datasets,
+  export,
   methods,
   metrics,
   models,
   optim,
   parallel,
+  resume,
   sequence,
   tasks,
   trunks,
@@ -277,6 +279,87 @@ def reference_accuracies(
   return accuracies
 
 
+def run_settings(
+  config: ml_collections.ConfigDict,
+  task_list: list[tasks.Task],
+  label: str,
+  group: tuple[int, ...],
+  vmapped: bool,
+) -> dict:
+  """What determines a run's every step, stored in its checkpoints: the method,
+  the settings it uses, the tasks, the network and the seeds."""
+  method, recipe = method_runs(config)[label]
+  used = dataclasses.asdict(recipe)
+  del used["log_every_steps"]  # how often to log changes no step
+  if method.teacher is None:
+    del used["objective"]
+  if not method.feature_penalty:
+    del used["lambda_features"]
+  if not method.weight_penalty:
+    del used["lambda_weights"]
+  first = first_task_settings(config, task_list[0], group[0])
+  del first["seed"]
+  return {
+    "method": dataclasses.asdict(method),
+    "recipe": used,
+    "first_network": first,
+    "tasks": [
+      task_settings(spec, t) for spec, t in zip(config.tasks, task_list, strict=True)
+    ],
+    "seeds": list(group),
+    "vmapped": vmapped,
+  }
+
+
+def run_checkpoints(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  task_list: list[tasks.Task],
+  label: str,
+  group: tuple[int, ...],
+) -> resume.RunCheckpoints:
+  """The checkpoints of one run (``label``, seeds ``group``) in ``workdir``."""
+  vmapped = vmaps_seeds(config, task_list)
+  name = f"{report.slug(label)}_seed{'_'.join(map(str, group))}"
+  return resume.RunCheckpoints(
+    os.path.join(workdir, "checkpoints", name),
+    run_settings(config, task_list, label, group, vmapped),
+    every_steps=config.checkpoint_every_steps,
+    info={"config": config.to_dict()},
+  )
+
+
+def seed_groups(config: ml_collections.ConfigDict, vmapped: bool) -> list[tuple]:
+  """The seeds trained together: all of them vmapped, else one at a time."""
+  return [tuple(config.seeds)] if vmapped else [(seed,) for seed in config.seeds]
+
+
+def export_networks(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  label: str,
+  outcome: sequence.SequenceResult,
+  *,
+  group: tuple[int, ...],
+  task_list: list[tasks.Task],
+) -> None:
+  """Exports each seed's final network to ``<workdir>/export/<run>_seed<seed>``
+  (kept if there: a run's network is the same every time it is computed)."""
+  for s, seed in enumerate(group):
+    directory = os.path.join(workdir, "export", f"{report.slug(label)}_seed{seed}")
+    if os.path.exists(directory):
+      continue
+    export.save(
+      directory,
+      outcome.model,
+      seeds_lib.take(outcome.variables, s) if len(group) > 1 else outcome.variables,
+      trunk=config.model,
+      compute_dtype=config.compute_dtype,
+      classes={t.name: t.classes for t in task_list},
+      image_dtype=str(task_list[0].train["image"].dtype),
+    )
+
+
 VMAP_SEEDS = ("auto", "on", "off")
 
 
@@ -335,6 +418,21 @@ def check_config(config: ml_collections.ConfigDict) -> list[tasks.Task]:
   return task_list
 
 
+def check_run_checkpoints(
+  config: ml_collections.ConfigDict, workdir: str, task_list: list[tasks.Task]
+) -> None:
+  """Raises ``ValueError`` if a run's checkpoint in ``workdir`` is damaged or of
+  other settings (its metadata only: the arrays are read when resumed)."""
+  vmapped = vmaps_seeds(config, task_list)
+  for label in method_runs(config):
+    for group in seed_groups(config, vmapped):
+      checkpointer = run_checkpoints(config, workdir, task_list, label, group)
+      try:
+        checkpointer.latest()
+      finally:
+        checkpointer.close()
+
+
 def check_trainable_patterns(config: ml_collections.ConfigDict, task: tasks.Task):
   """Raises ``ValueError`` if a method trains a part of the trunk that the config's
   model does not have (fine-tune FC needs ``fc`` layers), from the trunk's shapes
@@ -385,6 +483,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   report.check_writable(workdir)
   for seed in config.seeds:
     check_first_network(config, task_list[0], workdir, seed)
+  check_run_checkpoints(config, workdir, task_list)
   # On several processes, the first writes the results and logs; all write
   # checkpoints (orbax coordinates them).
   primary = jax.process_index() == 0
@@ -428,8 +527,7 @@ def _run(
   }
   vmapped = vmaps_seeds(config, task_list)
   results["vmapped_seeds"] = vmapped
-  groups = [tuple(config.seeds)] if vmapped else [(seed,) for seed in config.seeds]
-  for group in groups:
+  for group in seed_groups(config, vmapped):
 
     def run_log(run: str, group=group) -> methods.Log | None:
       return metrics_log and metrics_log.for_run(run, group, vmapped)
@@ -441,6 +539,7 @@ def _run(
       results["first_task"][str(seed)] = {"wall_time_s": seconds[seed]}
     rng = seeds_lib.fold_in(seeds_lib.keys(group), 1)
     for label, (method, recipe) in runs.items():
+      checkpointer = run_checkpoints(config, workdir, task_list, label, group)
       outcome = sequence.learn_sequence(
         model,
         variables,
@@ -451,7 +550,13 @@ def _run(
         progress=f"{report.label(label)}, seed{'s' * vmapped} "
         + ", ".join(map(str, group)),
         log=run_log(label),
+        checkpoints=checkpointer,
       )
+      checkpointer.close()
+      if primary:
+        export_networks(
+          config, workdir, label, outcome, group=group, task_list=task_list
+        )
       for s, seed in enumerate(group):
         results["methods"][label]["seeds"][str(seed)] = {
           "task_il": (outcome.task_il[s] if vmapped else outcome.task_il).tolist(),

@@ -1,8 +1,8 @@
 """Training logs of an experiment: a CSV of every logged value, TensorBoard events.
 
-While a run goes, it writes to ``<workdir>/logs.partial/``; when it completes, that
-directory replaces ``<workdir>/logs/`` (like ``results.json``, the last complete
-run's):
+While a run goes, it appends to ``<workdir>/logs.partial/`` (an unfinished run's,
+which it resumes, or a copy of the last complete run's); when it completes, that
+directory replaces ``<workdir>/logs/``:
 
 - ``metrics.csv``, one row per value: ``run, seed, task, stage, step, metric,
   value``. Stages ``from scratch``, ``warm-up`` and ``train`` log the training
@@ -17,8 +17,8 @@ TensorBoard event files are written with tensorboardX, which needs no TensorFlow
 """
 
 import csv
+import io
 import os
-import re
 import shutil
 from typing import Any
 
@@ -26,6 +26,7 @@ import numpy as np
 import tqdm
 from tensorboardX import SummaryWriter
 
+from experiments import report
 from lwf_jax import methods
 
 COLUMNS = ("run", "seed", "task", "stage", "step", "metric", "value")
@@ -37,14 +38,20 @@ class MetricsLog:
   def __init__(self, workdir: str):
     self.partial = os.path.join(workdir, "logs.partial")
     self.final = os.path.join(workdir, "logs")
-    if os.path.exists(self.partial):  # an earlier, unfinished run's
-      shutil.rmtree(self.partial)
-    os.makedirs(self.partial)
-    self._file = open(  # closed in close()
-      os.path.join(self.partial, "metrics.csv"), "w", newline="", encoding="utf-8"
-    )
+    # Go on from an unfinished run's logs, else from the last complete run's.
+    if not os.path.exists(self.partial):
+      if os.path.exists(self.final):
+        shutil.copytree(self.final, self.partial)
+      else:
+        os.makedirs(self.partial)
+    self.csv_path = os.path.join(self.partial, "metrics.csv")
+    new = not os.path.exists(self.csv_path)
+    self._file = open(
+      self.csv_path, "a", newline="", encoding="utf-8"
+    )  # closed in close()
     self._csv = csv.writer(self._file)
-    self._csv.writerow(COLUMNS)
+    if new:
+      self._csv.writerow(COLUMNS)
     self._writers: dict[str, SummaryWriter] = {}
 
   def for_run(self, run: str, seeds: tuple[int, ...], vmapped: bool) -> methods.Log:
@@ -68,7 +75,7 @@ class MetricsLog:
     self, run: str, seed: int, *, task: str, stage: str, step: int, values: dict
   ) -> None:
     """One row per value, and one TensorBoard scalar each."""
-    name = f"{_slug(run)}_seed{seed}"
+    name = f"{report.slug(run)}_seed{seed}"
     if name not in self._writers:
       self._writers[name] = SummaryWriter(
         os.path.join(self.partial, "tensorboard", name)
@@ -80,14 +87,30 @@ class MetricsLog:
     self._file.flush()
 
   def close(self, *, complete: bool) -> None:
-    """Closes the files; if ``complete``, the logs replace ``logs/``."""
+    """Closes the files; if ``complete``, the logs replace ``logs/``, each value
+    once (a resumed run logs again the steps after its checkpoint)."""
     for writer in self._writers.values():
       writer.close()
     self._file.close()
     if complete:
+      _keep_last_of_each(self.csv_path)
       if os.path.exists(self.final):
         shutil.rmtree(self.final)
       os.replace(self.partial, self.final)
+
+
+def _keep_last_of_each(path: str) -> None:
+  """Rewrites the CSV at ``path`` with one row per value: the last logged."""
+  with open(path, newline="", encoding="utf-8") as file:
+    header, *rows = list(csv.reader(file))
+  last = {tuple(row[:-1]): row for row in rows}  # insertion order: first logged
+  report.write_text(path, _csv_text([header, *last.values()]))
+
+
+def _csv_text(rows: list) -> str:
+  buffer = io.StringIO()
+  csv.writer(buffer).writerows(rows)
+  return buffer.getvalue()
 
 
 def summary_line(run: str, seed: int, task: str, scores: dict[str, float]) -> str:
@@ -99,9 +122,3 @@ def summary_line(run: str, seed: int, task: str, scores: dict[str, float]) -> st
       averages.append(f"{name} {100 * np.nanmean(values):.2f}%")
   seen = sum(k.startswith("task_il/") for k in scores)
   return f"{run}, seed {seed}, after {task} ({seen} seen): " + ", ".join(averages)
-
-
-def _slug(name: str) -> str:
-  """A directory name for a run's label, such as ``lwf_lambda_o_0.5``."""
-  name = name.replace("λo", "lambda_o")
-  return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")

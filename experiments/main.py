@@ -1,4 +1,5 @@
-"""Runs an experiment: ``python -m experiments.main --config=... --workdir=...``.
+"""Runs an experiment: ``python -m experiments.main --config=... --workdir=...``
+(or ``lwf-jax run ...``, which shares these flags: see :mod:`experiments.cli`).
 
 On several hosts, start the same command in every process with
 ``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` (or
@@ -8,6 +9,7 @@ On several hosts, start the same command in every process with
 import sys
 
 import jax
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -17,7 +19,6 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Directory for checkpoints and results."
 )
-flags.mark_flags_as_required(["config", "workdir"])
 _DISTRIBUTED = flags.DEFINE_bool(
   "distributed", False, "Join a multi-process run whose settings JAX detects."
 )
@@ -51,19 +52,27 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(f"error: {lines[0]} {lines[-1]}" if len(lines) > 1 else f"error: {error}")
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Runs an experiment as the command line does: warnings-only logs unless
+  ``--verbosity`` is given, the result tables printed, an error as one line."""
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
   try:
     initialize_distributed()
-    results = continual.run(_CONFIG.value, _WORKDIR.value)
+    results = continual.run(config, workdir)
   except (ValueError, OSError, FloatingPointError) as error:
     sys.exit("error: " + " ".join(str(error).split()))  # one line
   if jax.process_index() == 0:
     print(results["markdown"])
 
 
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  run(_CONFIG.value, _WORKDIR.value)
+
+
 if __name__ == "__main__":
+  # Required here, not on import: ``lwf-jax list`` shares these flags without them.
+  flags.mark_flags_as_required(["config", "workdir"])
   app.run(main, flags_parser=parse_flags)

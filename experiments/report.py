@@ -8,6 +8,7 @@ shown as percentages.
 import json
 import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -132,6 +133,12 @@ def scenarios(results: dict) -> list[str]:
   """The scenarios reported: class-incremental only where every task is
   single-label (a multi-label task has no one class to pick)."""
   return results.get("scenarios", list(SCENARIO_NAMES))
+
+
+def slug(name: str) -> str:
+  """A file name for a run's label, such as ``lwf_lambda_o_0.5``."""
+  name = name.replace("λo", "lambda_o")
+  return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
 
 
 def label(name: str) -> str:
@@ -380,3 +387,18 @@ def write_all(results: dict, workdir: str) -> str:
     plot_curves(results, scenario, os.path.join(workdir, f"curves_{scenario}.png"))
     plot_matrices(results, scenario, os.path.join(workdir, f"matrix_{scenario}.png"))
   return text
+
+
+def _nan_for_null(value: Any) -> Any:
+  """The inverse of :func:`_jsonable` on lists: null (a task not yet seen) as NaN."""
+  if isinstance(value, dict):
+    return {k: _nan_for_null(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return [math.nan if v is None else _nan_for_null(v) for v in value]
+  return value
+
+
+def read_json(path: str) -> Any:
+  """The data of a file :func:`write_json` wrote, NaN where it wrote null in a list."""
+  with open(path) as file:
+    return _nan_for_null(json.load(file))

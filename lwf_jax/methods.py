@@ -25,7 +25,17 @@ import jax
 import numpy as np
 from flax import linen as nn
 
-from lwf_jax import augment, inference, models, optim, parallel, tasks, train, trunks
+from lwf_jax import (
+  augment,
+  inference,
+  models,
+  optim,
+  parallel,
+  resume,
+  tasks,
+  train,
+  trunks,
+)
 from lwf_jax import seeds as seeds_lib
 
 # ``log(task, stage, step, metrics)``: the training metrics (see
@@ -248,13 +258,15 @@ def train_stage(
   objective: train.Objective | None = None,
   reference: models.Variables | None = None,
   log: Callable[[int, dict[str, Any]], None] | None = None,
+  checkpoints: resume.StageCheckpoints | None = None,
 ) -> models.Variables:
   """Trains the ``trainable`` leaves on ``data`` with a fresh optimizer.
 
   ``objective`` defaults to plain cross-entropy per task. ``[S]`` keys in ``rng``
   train S seeds as one vmapped program (see :mod:`lwf_jax.seeds`). ``log`` gets
   ``(step, metrics)`` every ``recipe.log_every_steps`` steps, the metrics with
-  the ``learning_rate``.
+  the ``learning_rate``. ``checkpoints`` starts the stage from its checkpoint,
+  if any, and saves it during training.
   """
   if schedule.num_epochs == 0:
     return variables
@@ -268,6 +280,9 @@ def train_stage(
     weight_decay=recipe.weight_decay,
     dropout_rng=dropout_rng,
   )
+  start_epoch = 0
+  if checkpoints is not None:
+    state, start_epoch = checkpoints.start(state, schedule.num_epochs)
   state, _ = train.train(
     state,
     data,
@@ -285,6 +300,9 @@ def train_stage(
     log=None
     if log is None
     else functools.partial(_with_learning_rate, log, schedule.learning_rate),
+    start_epoch=start_epoch,
+    checkpoint_every=checkpoints.every_steps if checkpoints else 0,
+    checkpoint=checkpoints.save if checkpoints else None,
   )
   return {"params": state.params, "batch_stats": state.batch_stats}
 
@@ -353,6 +371,7 @@ def add_task(
   old_tasks: Sequence[tasks.Task] = (),
   progress: str = "",
   log: Log | None = None,
+  checkpoints: resume.TaskCheckpoints | None = None,
 ) -> tuple[models.MultiHeadNet, models.Variables]:
   """Adds ``task`` to the network with ``method`` (see the module docstring).
 
@@ -370,6 +389,8 @@ def add_task(
       data, and then required for every head.
     progress: a label for the progress bars, such as the method's name.
     log: receives the training metrics of both stages (see :data:`Log`).
+    checkpoints: checkpoint the stages, and resume the task from its checkpoint
+      (recordings included) if it has one (see :mod:`lwf_jax.resume`).
 
   Returns:
     ``(grown_model, trained_variables)``.
@@ -391,23 +412,32 @@ def add_task(
     if missing:
       raise ValueError(f"joint training needs the data of old heads {missing}")
 
-  new_split = dict(task.train)
-  if (method.teacher == "recorded" and old_heads) or method.feature_penalty:
-    recorded = predict_each_seed(
-      model, variables, task.train["image"], recipe, seeds_lib.count(rng)
+  recorded = checkpoints.recorded() if checkpoints else None
+  if recorded is None:
+    recorded = record(
+      model,
+      variables,
+      task,
+      method=method,
+      recipe=recipe,
+      num_seeds=seeds_lib.count(rng),
     )
-    if method.teacher == "recorded" and old_heads:
-      new_split["recorded"] = recorded.logits
-    if method.feature_penalty:
-      new_split["recorded_features"] = recorded.features
+  new_split = {**task.train, **recorded}
   needs_reference = method.teacher == "online" or method.weight_penalty
   reference = variables if needs_reference else None
 
   head_rng, warmup_rng, main_rng = seeds_lib.split(rng, 3)
   hidden = (model.trunk.num_features,) * method.new_head_layers
   spec = models.HeadSpec(task.name, task.num_classes, hidden, task.multi_label)
+  before = variables
   model, variables = models.add_head(model, variables, spec, head_rng)
   new_head = NEW_HEAD.replace("{new}", re.escape(task.name))
+
+  def stage_checkpoints(stage: str) -> resume.StageCheckpoints | None:
+    if checkpoints is None:
+      return None
+    return checkpoints.stage(stage, model, before=before, recorded=recorded)
+
   if method.warmup:
     variables = train_stage(
       model,
@@ -419,6 +449,7 @@ def add_task(
       rng=warmup_rng,
       desc=f"{progress} {task.name}: warm-up".strip(),
       log=_bind(log, task.name, "warm-up"),
+      checkpoints=stage_checkpoints("warm-up"),
     )
   return model, train_stage(
     model,
@@ -432,7 +463,34 @@ def add_task(
     objective=recipe.stage_objective(method, old_heads),
     reference=reference,
     log=_bind(log, task.name, "train"),
+    checkpoints=stage_checkpoints("train"),
   )
+
+
+def record(
+  model: models.MultiHeadNet,
+  variables: models.Variables,
+  task: tasks.Task,
+  *,
+  method: Method,
+  recipe: Recipe,
+  num_seeds: int,
+) -> dict[str, Any]:
+  """Step 1: what ``method`` records of the network on ``task``'s training images,
+  as training-split entries: ``{'recorded': {old head: logits}}`` (LwF) and
+  ``{'recorded_features': features}`` (LFL); ``{}`` for other methods."""
+  distils = method.teacher == "recorded" and model.head_names
+  if not (distils or method.feature_penalty):
+    return {}
+  prediction = predict_each_seed(
+    model, variables, task.train["image"], recipe, num_seeds
+  )
+  recorded = {}
+  if distils:
+    recorded["recorded"] = prediction.logits
+  if method.feature_penalty:
+    recorded["recorded_features"] = prediction.features
+  return recorded
 
 
 def predict_each_seed(

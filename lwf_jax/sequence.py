@@ -14,7 +14,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from lwf_jax import inference, methods, models, tasks
+from lwf_jax import inference, methods, models, resume, tasks
 from lwf_jax import seeds as seeds_lib
 
 
@@ -54,6 +54,7 @@ def learn_sequence(
   rng: jax.Array,
   progress: str = "",
   log: methods.Log | None = None,
+  checkpoints: resume.RunCheckpoints | None = None,
 ) -> SequenceResult:
   """Adds ``task_list[1:]`` one at a time to a network that has learned task 0.
 
@@ -74,9 +75,13 @@ def learn_sequence(
       :data:`lwf_jax.methods.Log`) and, after task ``i``, with stage
       ``'evaluate'`` and step ``i``, ``{'task_il/<task>': ..., 'class_il/<task>':
       ...}`` for every task seen so far (``[S]`` arrays with seeds).
+    checkpoints: checkpoint the run after each task and during training, and
+      resume it from its latest checkpoint if it has one (see
+      :mod:`lwf_jax.resume`); the result is the same as without a break.
 
   Returns:
-    The final network and the accuracy matrices.
+    The final network and the accuracy matrices; ``wall_time_s`` counts every
+    session of a resumed run.
   """
   if not task_list:
     raise ValueError("learn_sequence needs the tasks, the first already learned")
@@ -109,8 +114,28 @@ def learn_sequence(
           scores[f"{scenario}/{task.name}"] = values if num_seeds else values[0]
       log(task_list[row].name, "evaluate", row, scores)
 
-  evaluate_seeds(model, variables, 0)
-  for i in range(1, num_tasks):
+  saved = checkpoints.latest() if checkpoints else None
+  if saved is None:
+    first, elapsed = 1, 0.0
+    evaluate_seeds(model, variables, 0)
+  else:
+    model, variables, first = _resumed(model, saved)
+    task_il[...] = np.array(saved.metadata["summary"]["task_il"], float)
+    class_il[...] = np.array(saved.metadata["summary"]["class_il"], float)
+    elapsed = saved.metadata["summary"]["wall_time_s"]
+
+  def summary() -> dict:
+    return {
+      "task_il": _json_matrix(task_il),
+      "class_il": _json_matrix(class_il),
+      "wall_time_s": elapsed + time.perf_counter() - start,
+    }
+
+  for i in range(first, num_tasks):
+    resuming = saved is not None and saved.position.task == i
+    task_checkpoints = checkpoints and resume.TaskCheckpoints(
+      checkpoints, i, summary, saved if resuming else None
+    )
     model, variables = methods.add_task(
       model,
       variables,
@@ -121,10 +146,33 @@ def learn_sequence(
       old_tasks=task_list[:i],
       progress=progress,
       log=log,
+      checkpoints=task_checkpoints,
     )
     evaluate_seeds(model, variables, i)
+    if checkpoints:
+      checkpoints.save_task(i, model, variables, summary())
+  wall_time_s = elapsed + time.perf_counter() - start
   if not num_seeds:
     task_il, class_il = task_il[0], class_il[0]
-  return SequenceResult(
-    model, variables, task_il, class_il, time.perf_counter() - start
-  )
+  return SequenceResult(model, variables, task_il, class_il, wall_time_s)
+
+
+def _resumed(
+  model: models.MultiHeadNet, saved: resume.Saved
+) -> tuple[models.MultiHeadNet, models.Variables, int]:
+  """``(model, variables, first task to learn)`` from a run's latest checkpoint:
+  after a task, the grown network; during one, the network before it."""
+  arrays, position = saved.arrays(), saved.position
+  if position.stage is None:
+    return (
+      model.clone(head_specs=saved.head_specs),
+      arrays["variables"],
+      position.task + 1,
+    )
+  before = model.clone(head_specs=saved.head_specs[:-1])
+  return before, arrays["before"], position.task
+
+
+def _json_matrix(matrix: np.ndarray) -> list:
+  """Nested lists, NaN as ``None``."""
+  return np.where(np.isnan(matrix), None, matrix).tolist()

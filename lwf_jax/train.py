@@ -17,6 +17,7 @@ network before the new task) serve the online teacher and the weight penalty.
 import dataclasses
 import functools
 import math
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -539,6 +540,9 @@ def train(
   num_seeds: int = 0,
   log_every: int = 0,
   log: Callable[[int, dict[str, Any]], None] | None = None,
+  start_epoch: int = 0,
+  checkpoint_every: int = 0,
+  checkpoint: Callable[[TrainState, int], None] | None = None,
 ) -> tuple[TrainState, dict[str, Any]]:
   """Trains for ``num_epochs`` epochs of the first task in ``data``.
 
@@ -575,6 +579,14 @@ def train(
       ``[num_seeds]`` arrays with seeds). A looped epoch fetches the metrics at
       each such step; a scanned epoch returns every step's and is logged after.
 
+    start_epoch: resume a stage: ``state`` is its state after this many epochs,
+      and training goes on from the next (the same steps as without a break:
+      shuffles and dropout derive from ``rng``, the epoch and the state's step).
+    checkpoint_every: with ``checkpoint``, after each epoch in which a multiple
+      of this many steps (counted from 1 over the stage) falls, and whose every
+      loss is finite, call ``checkpoint(state, epochs done)``.
+    checkpoint: see ``checkpoint_every``.
+
   Metrics stay on the device between logs: the host waits on the device only
   to log and at the end of each epoch, where every step's loss is checked to
   be finite (``FloatingPointError`` naming the stage, epoch and step if not).
@@ -583,7 +595,12 @@ def train(
     ``(state, metrics of the last step)``; with ``num_seeds``, each metric is a
     ``[num_seeds]`` array.
   """
-  check_count("log_every", log_every, minimum=0)
+  for name, count in (
+    ("log_every", log_every),
+    ("checkpoint_every", checkpoint_every),
+    ("start_epoch", start_epoch),
+  ):
+    check_count(name, count, minimum=0)
   sizes, steps, local_batch_size, scan_epochs = _check_arguments(
     state, data, model=model, objective=objective, batch_size=batch_size, rng=rng,
     reference=reference, num_devices=num_devices, scan_epochs=scan_epochs,
@@ -630,8 +647,15 @@ def train(
       return state, host(jax.tree.map(lambda *m: np.stack(m, -1), *every_step))
 
   metrics = {}
-  with tqdm.tqdm(total=num_epochs * steps, desc=desc, unit="step") as bar:
-    for epoch in range(num_epochs):
+  bar = tqdm.tqdm(
+    total=num_epochs * steps,
+    initial=start_epoch * steps,
+    desc=desc,
+    unit="step",
+    mininterval=0.1 if sys.stderr.isatty() else 30,  # redirected logs: few lines
+  )
+  with bar:
+    for epoch in range(start_epoch, num_epochs):
 
       def report(step: int, metrics: dict, epoch: int = epoch) -> None:
         """Logs step ``step`` (from 0) of this epoch."""
@@ -647,7 +671,9 @@ def train(
         if scan_epochs or step == steps - 1:  # a looped epoch logged the others
           report(step, _one_step(every_step, step, num_seeds))
       metrics = _one_step(every_step, steps - 1, num_seeds)
-      bar.set_postfix(loss=np.array2string(np.asarray(metrics["loss"]), precision=4))
+      bar.set_postfix(_loss_terms(metrics))
+      if checkpoint and _passes_multiple(epoch * steps, steps, checkpoint_every):
+        checkpoint(parallel.unreplicate(state, num_devices), epoch + 1)
   return parallel.unreplicate(state, num_devices), metrics
 
 
@@ -676,6 +702,11 @@ def check_count(name: str, value: Any, *, minimum: int) -> None:
     raise ValueError(f"{name} must be an integer, got {value!r}")
   if value < minimum:
     raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _passes_multiple(done: int, steps: int, every: int) -> bool:
+  """Whether steps ``done + 1 .. done + steps`` hold a multiple of ``every`` > 0."""
+  return bool(every) and (done + steps) // every > done // every
 
 
 def _logs_at(epoch: int, *, log_every: int, steps: int, epochs: int) -> list[int]:
@@ -806,6 +837,16 @@ def _check_seeds(num_seeds: int, scan_epochs: bool, state: TrainState, rng) -> N
       f"with num_seeds={num_seeds}, the state's leaves and rng need a leading "
       f"axis of {num_seeds}; got {sorted(leading)}"
     )
+
+
+def _loss_terms(metrics: dict) -> dict[str, str]:
+  """The progress bar's losses: the total, each task's cross-entropy and the
+  distillation losses' sum."""
+  terms = {k: v for k, v in metrics.items() if k == "loss" or k.startswith("ce/")}
+  kl = [v for k, v in metrics.items() if k.startswith("kl/")]
+  if kl:
+    terms["kl"] = sum(kl)
+  return {k: np.array2string(np.asarray(v), precision=4) for k, v in terms.items()}
 
 
 def _one_step(every_step: dict, step: int, num_seeds: int) -> dict:

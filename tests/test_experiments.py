@@ -5,8 +5,6 @@ import json
 import os
 import pkgutil
 import struct
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -56,8 +54,10 @@ class TestSingleNewTask:
   def test_files_written_and_accuracy_above_chance(self, single_task):
     workdir, results = single_task
     assert sorted(os.listdir(workdir)) == [
+      "checkpoints",
       "curves_class_il.png",
       "curves_task_il.png",
+      "export",
       "first_task_seed0",
       "logs",
       "matrix_class_il.png",
@@ -273,54 +273,6 @@ def test_summary_runs_again_over_unreadable_results(tmp_path, content):
   assert summary.reusable(str(path), mnist_to_uci_smoke.get_config()) is None
 
 
-def test_vmapped_seeds_match_seeds_in_turn_and_share_first_networks(tmp_path, capsys):
-  """``vmap_seeds='on'``: the same protocol, each seed's first network on disk."""
-  config = split_mnist_smoke.get_config()
-  config.seeds, config.methods, config.reference = (0, 1), ("lwf",), True
-  config.tasks = config.tasks[:3]
-  config.first_task.num_epochs, config.warmup.num_epochs = 3, 1
-  config.train.num_epochs = 3
-  in_turn = continual.run(config, str(tmp_path / "in_turn"))
-  assert not in_turn["vmapped_seeds"]
-  config.vmap_seeds = "on"
-  together = continual.run(config, str(tmp_path / "together"))
-  assert together["vmapped_seeds"] and "vmapped program" in together["markdown"]
-  # Seed 1's first network trained vmapped on its own, seed 0's loaded.
-  mixed = tmp_path / "in_turn"
-  subprocess.run(["rm", "-r", str(mixed / "first_task_seed1")], check=True)
-  capsys.readouterr()
-  again = continual.run(config, str(mixed))
-  assert capsys.readouterr().out.count("Reusing the network") == 1
-  assert (mixed / "first_task_seed1").is_dir()
-  for results in (together, again):
-    for scenario in ("task_il", "class_il"):
-      for seed, matrix in final_rows(in_turn, "lwf", scenario).items():
-        vmapped = final_rows(results, "lwf", scenario)[seed]
-        # The same steps; vmapped matmuls round differently, by an example or two.
-        np.testing.assert_allclose(vmapped, matrix, atol=0.03)
-    for seed, accuracies in in_turn["reference"].items():
-      np.testing.assert_allclose(results["reference"][seed], accuracies, atol=0.03)
-
-
-def run_main(*args):
-  return subprocess.run(
-    [sys.executable, "-m", "experiments.main", *args],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=600,
-    check=False,
-  )
-
-
-def test_command_line(tmp_path):
-  workdir = str(tmp_path / "cli")
-  done = run_main(f"--config={SMOKE_CONFIG}", f"--workdir={workdir}")
-  assert done.returncode == 0, done.stderr
-  assert "| LwF (ours) |" in done.stdout
-  assert os.path.exists(os.path.join(workdir, "results.json"))
-
-
 def smoke(**overrides):
   config = mnist_to_uci_smoke.get_config()
   for path, value in overrides.items():
@@ -378,43 +330,3 @@ def test_bad_config_raises_before_any_work(tmp_path, overrides, message):
   with pytest.raises(ValueError, match=message):
     continual.run(smoke(**overrides), str(workdir))
   assert not workdir.exists()
-
-
-def test_bad_config_on_the_command_line_is_one_clear_line(tmp_path):
-  for override, message in [
-    ("--config.lwf.temperature=0", "error: temperature must be finite and > 0"),
-    ("--config.nonexistent=1", "error: the config has no field 'nonexistent'"),
-    ("--config.tasks=(('mnist5k',),)", "error: an experiment needs at least two"),
-    (f"--config={SMOKE_CONFIG}:extra", "get_config() takes 0 positional arguments"),
-    ("--config=experiments/configs/nothing.py", "No such file or directory"),
-  ]:
-    workdir = tmp_path / "bad"
-    done = run_main(f"--config={SMOKE_CONFIG}", f"--workdir={workdir}", override)
-    assert done.returncode != 0
-    assert message in done.stderr and "Traceback" not in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert not workdir.exists()
-
-
-def test_unwritable_workdir_is_one_clear_line(tmp_path):
-  blocker = tmp_path / "file"
-  blocker.write_text("x")
-  done = run_main(f"--config={SMOKE_CONFIG}", f"--workdir={blocker / 'sub'}")
-  assert done.returncode != 0 and "Traceback" not in done.stderr
-  assert "error: cannot write to the work directory" in done.stderr
-
-
-def test_divergence_stops_cleanly_and_keeps_finished_runs(tmp_path):
-  workdir = tmp_path / "diverge"
-  done = run_main(
-    f"--config={SMOKE_CONFIG}",
-    f"--workdir={workdir}",
-    "--config.methods=('fine_tuning','lwf')",
-    "--config.lwf.lambda_old=1e38",
-  )
-  assert done.returncode != 0 and "Traceback" not in done.stderr
-  assert "non-finite loss" in done.stderr
-  with open(workdir / "results.partial.json") as file:
-    partial = json.load(file)
-  assert partial["methods"]["fine_tuning"]["seeds"]["0"]["task_il"][1][1] > 0.5
-  assert not (workdir / "results.json").exists()

@@ -1,9 +1,13 @@
 """Seeds as a leading axis: S runs as one vmapped program equal S runs in turn."""
 
+import subprocess
+
 import jax
 import numpy as np
 import pytest
 
+from experiments import continual
+from experiments.configs import split_mnist_smoke
 from lwf_jax import methods, models, seeds, sequence, train, trunks
 from tests import helpers
 
@@ -47,7 +51,9 @@ def test_stacked_initialisation_is_each_seeds_own():
     assert helpers.bits(seeds.take(together, s)) == helpers.bits(alone)
 
 
-@pytest.mark.parametrize("method", ["lwf", "joint", "lfl", "lwf_online"])
+# Old data (joint training) and the weight penalty need nothing per seed beyond
+# what these use: recordings (LwF, LFL's features) and the reference network.
+@pytest.mark.parametrize("method", ["lwf", "lfl", "lwf_online"])
 def test_vmapped_sequence_equals_each_seed_alone(method):
   """Recording, growth, warm-up, training and evaluation, over two seeds at once."""
   method = methods.get_method(method)
@@ -94,3 +100,37 @@ def test_per_seed_recordings_of_the_wrong_length_raise():
       rng=seeds.keys([0, 1]),
       num_seeds=2,
     )
+
+
+def test_vmapped_seeds_match_seeds_in_turn_and_share_first_networks(tmp_path, capsys):
+  """``vmap_seeds='on'``: the same protocol, each seed's first network on disk."""
+  config = split_mnist_smoke.get_config()
+  config.seeds, config.methods, config.reference = (0, 1), ("lwf",), True
+  config.tasks = config.tasks[:3]
+  config.first_task.num_epochs, config.warmup.num_epochs = 3, 1
+  config.train.num_epochs = 3
+  in_turn = continual.run(config, str(tmp_path / "in_turn"))
+  assert not in_turn["vmapped_seeds"]
+  # Vmapped, in the same work directory: seed 0's first network is loaded, seed
+  # 1's trained again (vmapped, on its own) after its directory is deleted.
+  config.vmap_seeds = "on"
+  workdir = tmp_path / "in_turn"
+  subprocess.run(["rm", "-r", str(workdir / "first_task_seed1")], check=True)
+  capsys.readouterr()
+  together = continual.run(config, str(workdir))
+  assert capsys.readouterr().out.count("Reusing the network") == 1
+  assert (workdir / "first_task_seed1").is_dir()
+  assert together["vmapped_seeds"] and "vmapped program" in together["markdown"]
+  for scenario in ("task_il", "class_il"):
+    for seed, matrix in final_rows(in_turn, "lwf", scenario).items():
+      vmapped = final_rows(together, "lwf", scenario)[seed]
+      # The same steps; vmapped matmuls round differently, by an example or two.
+      np.testing.assert_allclose(vmapped, matrix, atol=0.03)
+  for seed, accuracies in in_turn["reference"].items():
+    np.testing.assert_allclose(together["reference"][seed], accuracies, atol=0.03)
+
+
+def final_rows(results, method, scenario):
+  """``{seed: R}`` of one method."""
+  seeds = results["methods"][method]["seeds"]
+  return {seed: np.array(r[scenario], float) for seed, r in seeds.items()}

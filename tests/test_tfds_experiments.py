@@ -50,8 +50,11 @@ def test_multi_label_run_writes_task_incremental_results(mixed):
   assert results["scenarios"] == ["task_il"]
   assert results["multi_label_tasks"] == ["voc"]
   assert sorted(os.listdir(workdir)) == [
+    "checkpoints",
     "curves_task_il.png",
+    "export",
     "first_task_seed0",
+    "logs",
     "matrix_task_il.png",
     "results.json",
     "results.md",

@@ -48,6 +48,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.inference_batch_size = 500  # examples per pass when recording / evaluating
   # Training metrics go to <workdir>/logs every this many steps (0: once an epoch).
   config.log_every_steps = 20
+  # Checkpoint each run after every task and at the end of each epoch in which a
+  # multiple of this many steps falls (0: after every task only); a run started
+  # again in the same work directory resumes from its latest checkpoint.
+  config.checkpoint_every_steps = 500
   # Local devices to split every batch over (data parallelism); 0: all that JAX
   # sees, so the same command runs on a CPU, 8 GPUs or a TPU host.
   config.num_devices = 0
