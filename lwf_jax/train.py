@@ -671,7 +671,9 @@ def train(
         if scan_epochs or step == steps - 1:  # a looped epoch logged the others
           report(step, _one_step(every_step, step, num_seeds))
       metrics = _one_step(every_step, steps - 1, num_seeds)
-      bar.set_postfix(_loss_terms(metrics))
+      # Without a refresh: a redraw waits for the bar's next update, which keeps
+      # to its mininterval.
+      bar.set_postfix(_loss_terms(metrics), refresh=False)
       if checkpoint and _passes_multiple(epoch * steps, steps, checkpoint_every):
         checkpoint(parallel.unreplicate(state, num_devices), epoch + 1)
   return parallel.unreplicate(state, num_devices), metrics

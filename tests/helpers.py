@@ -4,7 +4,7 @@ import jax
 import numpy as np
 from flax import linen as nn
 
-from lwf_jax import models, tasks
+from lwf_jax import methods, models, tasks
 
 
 def bits(tree):
@@ -52,3 +52,20 @@ def network(trunk, tasks_, seed=0):
       jax.random.fold_in(rng, i + 1),
     )
   return model, variables
+
+
+def task_sequence():
+  """Three small tasks of 3, 4 and 2 classes, to add one after another."""
+  return [
+    toy_task("old"),
+    toy_task("new", num_classes=4, seed=1),
+    toy_task("third", num_classes=2, seed=2),
+  ]
+
+
+def short_recipe():
+  """``(schedule, recipe)``: two epochs a stage, batches of 8."""
+  schedule = methods.Schedule(num_epochs=2, learning_rate=0.05)
+  return schedule, methods.Recipe(
+    schedule, schedule, batch_size=8, inference_batch_size=16
+  )

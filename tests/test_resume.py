@@ -17,13 +17,8 @@ from experiments import continual
 from lwf_jax import methods, resume, seeds, sequence, trunks
 from tests import helpers
 
-SCHEDULE = methods.Schedule(num_epochs=2, learning_rate=0.05)
-RECIPE = methods.Recipe(SCHEDULE, SCHEDULE, batch_size=8, inference_batch_size=16)
-TASKS = [
-  helpers.toy_task("old"),
-  helpers.toy_task("new", num_classes=4, seed=1),
-  helpers.toy_task("third", num_classes=2, seed=2),
-]
+SCHEDULE, RECIPE = helpers.short_recipe()
+TASKS = helpers.task_sequence()
 SETTINGS = {"method": "lwf", "seed": 0}
 
 
@@ -109,6 +104,8 @@ def test_a_finished_run_is_read_back_without_training(tmp_path, monkeypatch):
   expected = learn(tmp_path, "lwf", (0,))
   monkeypatch.setattr(methods, "add_task", None)  # would fail if called
   again = learn(tmp_path, "lwf", (0,))
+  # The time it took, saved after the last task (the run went on to save).
+  assert 0 < again.wall_time_s <= expected.wall_time_s
   assert helpers.bits(again.variables) == helpers.bits(expected.variables)
   np.testing.assert_array_equal(again.task_il, expected.task_il)
 

@@ -11,13 +11,8 @@ from experiments.configs import split_mnist_smoke
 from lwf_jax import methods, models, seeds, sequence, train, trunks
 from tests import helpers
 
-SCHEDULE = methods.Schedule(num_epochs=2, learning_rate=0.05)
-RECIPE = methods.Recipe(SCHEDULE, SCHEDULE, batch_size=8, inference_batch_size=16)
-TASKS = [
-  helpers.toy_task("old"),
-  helpers.toy_task("new", num_classes=4, seed=1),
-  helpers.toy_task("third", num_classes=2, seed=2),
-]
+SCHEDULE, RECIPE = helpers.short_recipe()
+TASKS = helpers.task_sequence()
 
 
 def assert_trees_close(a, b):

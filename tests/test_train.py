@@ -215,17 +215,17 @@ def test_one_compilation_per_stage():
 
 
 def train_toy(state, model, task, **kwargs):
-  return train.train(
-    state,
-    {"t": task.train},
-    model=model,
-    objective=train.Objective(),
-    num_epochs=kwargs.pop("num_epochs", 2),
-    batch_size=8,
-    rng=jax.random.key(0),
-    desc="t",
+  """``train.train`` on ``task``'s training split; ``kwargs`` override defaults."""
+  settings = {
+    "model": model,
+    "objective": train.Objective(),
+    "num_epochs": 2,
+    "batch_size": 8,
+    "rng": jax.random.key(0),
+    "desc": "t",
     **kwargs,
-  )
+  }
+  return train.train(state, {"t": task.train}, **settings)
 
 
 def test_non_finite_loss_names_its_first_step_looped_or_scanned():
@@ -288,13 +288,11 @@ def test_vmapped_seeds_log_one_value_per_seed():
     dropout_rng=seeds.keys([0, 1, 2]),
   )
   logged = []
-  train.train(
+  train_toy(
     state,
-    {"t": task.train},
-    model=model,
-    objective=train.Objective(),
+    model,
+    task,
     num_epochs=1,
-    batch_size=8,
     rng=seeds.keys([3, 4, 5]),
     num_seeds=3,
     log_every=3,
@@ -308,15 +306,7 @@ def test_batch_larger_than_data_raises_before_compiling():
   model, variables = helpers.network(trunks.make_trunk("mlp_tiny"), [task])
   state = make_state(variables, [".*"])
   with pytest.raises(ValueError, match="batch size 16 exceeds the 10 training"):
-    train.train(
-      state,
-      {"t": task.train},
-      model=model,
-      objective=train.Objective(),
-      num_epochs=1,
-      batch_size=16,
-      rng=jax.random.key(0),
-    )
+    train_toy(state, model, task, batch_size=16)
 
 
 @pytest.mark.parametrize(
