@@ -19,6 +19,7 @@ deviation over seeds), a Markdown report and plots go to the work directory.
 import dataclasses
 import json
 import os
+import shutil
 import time
 
 import jax
@@ -343,21 +344,26 @@ def export_networks(
   group: tuple[int, ...],
   task_list: list[tasks.Task],
 ) -> None:
-  """Exports each seed's final network to ``<workdir>/export/<run>_seed<seed>``
-  (kept if there: a run's network is the same every time it is computed)."""
+  """Exports each seed's final network to ``<workdir>/export/<run>_seed<seed>``,
+  replacing an earlier export there only once the new one is complete."""
+  vmapped = outcome.task_il.ndim == 3  # a seed axis
   for s, seed in enumerate(group):
     directory = os.path.join(workdir, "export", f"{report.slug(label)}_seed{seed}")
-    if os.path.exists(directory):
-      continue
+    staging = directory + ".new"
+    if os.path.exists(staging):  # an interrupted replacement's
+      shutil.rmtree(staging)
     export.save(
-      directory,
+      staging,
       outcome.model,
-      seeds_lib.take(outcome.variables, s) if len(group) > 1 else outcome.variables,
+      seeds_lib.take(outcome.variables, s) if vmapped else outcome.variables,
       trunk=config.model,
       compute_dtype=config.compute_dtype,
       classes={t.name: t.classes for t in task_list},
       image_dtype=str(task_list[0].train["image"].dtype),
     )
+    if os.path.exists(directory):
+      shutil.rmtree(directory)
+    os.replace(staging, directory)
 
 
 VMAP_SEEDS = ("auto", "on", "off")
@@ -529,17 +535,33 @@ def _run(
   results["vmapped_seeds"] = vmapped
   for group in seed_groups(config, vmapped):
 
-    def run_log(run: str, group=group) -> methods.Log | None:
-      return metrics_log and metrics_log.for_run(run, group, vmapped)
+    def run_log(run: str, afresh: bool, group=group) -> methods.Log | None:
+      """The log of ``run``; ``afresh``: its earlier rows are forgotten."""
+      if metrics_log is None:
+        return None
+      if afresh:
+        metrics_log.restart(run, group)
+      return metrics_log.for_run(run, group, vmapped)
 
+    trained = [
+      s for s in group if not os.path.exists(first_network_directory(workdir, s))
+    ]
+    if metrics_log is not None:
+      metrics_log.restart("first task", tuple(trained))
     model, variables, seconds = first_networks(
-      config, task_list[0], workdir, group, vmapped, log=run_log("first task")
+      config,
+      task_list[0],
+      workdir,
+      group,
+      vmapped,
+      log=run_log("first task", afresh=False),
     )
     for seed in group:
       results["first_task"][str(seed)] = {"wall_time_s": seconds[seed]}
     rng = seeds_lib.fold_in(seeds_lib.keys(group), 1)
     for label, (method, recipe) in runs.items():
       checkpointer = run_checkpoints(config, workdir, task_list, label, group)
+      afresh = checkpointer.latest() is None
       outcome = sequence.learn_sequence(
         model,
         variables,
@@ -549,7 +571,7 @@ def _run(
         rng=rng if vmapped else rng[0],
         progress=f"{report.label(label)}, seed{'s' * vmapped} "
         + ", ".join(map(str, group)),
-        log=run_log(label),
+        log=run_log(label, afresh),
         checkpoints=checkpointer,
       )
       checkpointer.close()
@@ -570,7 +592,7 @@ def _run(
         report.write_json(partial, {**results, "config": config.to_dict()})
     if config.reference:
       accuracies = reference_accuracies(
-        config, task_list, group, vmapped, log=run_log("reference")
+        config, task_list, group, vmapped, log=run_log("reference", afresh=True)
       )
       results["reference"].update({str(seed): accuracies[seed] for seed in group})
 

@@ -45,14 +45,20 @@ class MetricsLog:
       else:
         os.makedirs(self.partial)
     self.csv_path = os.path.join(self.partial, "metrics.csv")
-    new = not os.path.exists(self.csv_path)
-    self._file = open(
-      self.csv_path, "a", newline="", encoding="utf-8"
-    )  # closed in close()
+    rows = _read_rows(self.csv_path)
+    # Rewritten whole: a run killed while appending may have left half a row.
+    report.write_text(self.csv_path, _csv_text([COLUMNS, *rows]))
+    self._file = open(self.csv_path, "a", newline="", encoding="utf-8")
     self._csv = csv.writer(self._file)
-    if new:
-      self._csv.writerow(COLUMNS)
+    self._rows = len(rows)
+    self._restarted: dict[tuple[str, str], int] = {}
     self._writers: dict[str, SummaryWriter] = {}
+
+  def restart(self, run: str, seeds: tuple[int, ...]) -> None:
+    """Forgets the rows logged so far for ``run`` on ``seeds``: it starts afresh
+    (it has no checkpoint), so they are of an earlier computation."""
+    for seed in seeds:
+      self._restarted[run, str(seed)] = self._rows
 
   def for_run(self, run: str, seeds: tuple[int, ...], vmapped: bool) -> methods.Log:
     """The :data:`lwf_jax.methods.Log` of one run (a method, or the first task)
@@ -84,6 +90,7 @@ class MetricsLog:
     for metric, value in values.items():
       self._csv.writerow((run, seed, task, stage, step, metric, repr(value)))
       writer.add_scalar(f"{task}/{stage}/{metric}", value, step)
+    self._rows += len(values)
     self._file.flush()
 
   def close(self, *, complete: bool) -> None:
@@ -93,18 +100,31 @@ class MetricsLog:
       writer.close()
     self._file.close()
     if complete:
-      _keep_last_of_each(self.csv_path)
+      _keep_last_of_each(self.csv_path, self._restarted)
       if os.path.exists(self.final):
         shutil.rmtree(self.final)
       os.replace(self.partial, self.final)
 
 
-def _keep_last_of_each(path: str) -> None:
-  """Rewrites the CSV at ``path`` with one row per value: the last logged."""
+def _read_rows(path: str) -> list[list[str]]:
+  """The complete data rows of the CSV at ``path`` (none if it is missing)."""
+  if not os.path.exists(path):
+    return []
   with open(path, newline="", encoding="utf-8") as file:
-    header, *rows = list(csv.reader(file))
+    rows = list(csv.reader(file))
+  return [row for row in rows if len(row) == len(COLUMNS) and row != list(COLUMNS)]
+
+
+def _keep_last_of_each(path: str, restarted: dict[tuple[str, str], int]) -> None:
+  """Rewrites the CSV at ``path`` with one row per value, the last logged, and
+  none of a restarted run's from before its restart (``{(run, seed): row}``)."""
+  rows = [
+    row
+    for i, row in enumerate(_read_rows(path))
+    if i >= restarted.get((row[0], row[1]), 0)
+  ]
   last = {tuple(row[:-1]): row for row in rows}  # insertion order: first logged
-  report.write_text(path, _csv_text([header, *last.values()]))
+  report.write_text(path, _csv_text([COLUMNS, *last.values()]))
 
 
 def _csv_text(rows: list) -> str:

@@ -31,7 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import serialization
 
-from lwf_jax import models, train
+from lwf_jax import checkpoints, models, train
 
 FORMAT = 1
 STAGES = ("warm-up", "train")  # the order of a task's training stages
@@ -71,9 +71,14 @@ class Saved:
       )
     except Exception as error:
       raise ValueError(
-        f"cannot read the checkpoint at {self.directory}: {error}"
+        f"cannot read the checkpoint at {self.directory}: {error}; delete that "
+        "directory to start the run afresh"
       ) from error
-    return {"before": {}, "recorded": {}, **restored["arrays"]}
+    arrays = dict(restored["arrays"])
+    checkpoints.check_digests(
+      arrays, self.metadata.get("digests", {}), where=self.directory
+    )
+    return {"before": {}, "recorded": {}, **arrays}
 
 
 class RunCheckpoints:
@@ -193,11 +198,13 @@ class RunCheckpoints:
       ],
       "summary": summary,
     }
+    arrays = _without_empty(jax.device_get(arrays))
+    metadata["digests"] = checkpoints.digests(arrays)
     step = (self.manager.latest_step() or 0) + 1
     self.manager.save(
       step,
       args=ocp.args.Composite(
-        arrays=ocp.args.StandardSave(_without_empty(jax.device_get(arrays))),
+        arrays=ocp.args.StandardSave(arrays),
         metadata=ocp.args.JsonSave(_as_json(metadata)),
       ),
     )

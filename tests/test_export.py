@@ -145,16 +145,21 @@ def test_missing_directory_names_it(tmp_path):
     export.load(str(tmp_path / "none"))
 
 
-@pytest.mark.parametrize("damage", ["delete", "truncate"])
+@pytest.mark.parametrize("damage", ["delete", "truncate", "flip"])
 def test_damaged_export_names_the_directory(network, tmp_path, damage):
   directory = str(tmp_path / "net")
   export.save(directory, *network, trunk="mlp_tiny", classes=CLASSES)
   # The largest file holds the arrays; the metadata's is JSON.
   for path in (max(_files(directory), key=os.path.getsize), _metadata(directory)):
     os.replace(path, path + ".bak")
+    data = bytearray(open(path + ".bak", "rb").read())
     if damage == "truncate":
       with open(path, "wb") as f:
-        f.write(open(path + ".bak", "rb").read()[:10])
+        f.write(data[:10])
+    if damage == "flip":  # one byte changed: read as other numbers but for digests
+      data[len(data) // 2] ^= 0xFF
+      with open(path, "wb") as f:
+        f.write(data)
     with pytest.raises(ValueError, match=re.escape(directory)):
       export.load(directory)
     os.replace(path + ".bak", path)

@@ -194,3 +194,17 @@ def test_killed_mid_task_and_run_again_gives_the_same_results(tmp_path):
       np.array(resumed["methods"]["lwf"]["seeds"]["0"][scenario], float),
       np.array(whole["methods"]["lwf"]["seeds"]["0"][scenario], float),
     )
+
+
+def test_changed_bytes_in_an_array_refused(tmp_path):
+  """A flipped byte inside a stored array (no error from TensorStore) is caught by
+  the array digests."""
+  learn(tmp_path, "lwf", (0,), every_steps=0)
+  largest = max(
+    (tmp_path / "2" / "arrays").rglob("d/*"), key=lambda p: p.stat().st_size
+  )
+  data = bytearray(largest.read_bytes())
+  data[len(data) // 2] ^= 0xFF
+  largest.write_bytes(bytes(data))
+  with pytest.raises(ValueError, match=f"checkpoint at {tmp_path}.* delete that"):
+    learn(tmp_path, "lwf", (0,))

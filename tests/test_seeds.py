@@ -8,7 +8,7 @@ import pytest
 
 from experiments import continual
 from experiments.configs import split_mnist_smoke
-from lwf_jax import methods, models, seeds, sequence, train, trunks
+from lwf_jax import export, methods, models, seeds, sequence, train, trunks
 from tests import helpers
 
 SCHEDULE, RECIPE = helpers.short_recipe()
@@ -129,3 +129,17 @@ def final_rows(results, method, scenario):
   """``{seed: R}`` of one method."""
   seeds = results["methods"][method]["seeds"]
   return {seed: np.array(r[scenario], float) for seed, r in seeds.items()}
+
+
+def test_one_vmapped_seed_exports_its_network(tmp_path):
+  """Vmapped with a single seed, the variables still carry the seed axis."""
+  config = split_mnist_smoke.get_config()  # model mlp_tiny
+  model, variables = helpers.network(trunks.make_trunk("mlp_tiny"), TASKS)
+  outcome = sequence.SequenceResult(
+    model, seeds.stack([variables]), np.zeros((1, 3, 3)), np.zeros((1, 3, 3)), 0.0
+  )
+  continual.export_networks(
+    config, str(tmp_path), "lwf", outcome, group=(7,), task_list=TASKS
+  )
+  loaded = export.load(str(tmp_path / "export" / "lwf_seed7"))
+  assert helpers.bits(loaded.variables) == helpers.bits(variables)
