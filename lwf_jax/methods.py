@@ -283,6 +283,8 @@ def train_stage(
   start_epoch = 0
   if checkpoints is not None:
     state, start_epoch = checkpoints.start(state, schedule.num_epochs)
+    if start_epoch == schedule.num_epochs:  # done (or held by a later stage's)
+      return {"params": state.params, "batch_stats": state.batch_stats}
   state, _ = train.train(
     state,
     data,

@@ -595,17 +595,20 @@ def train(
     ``(state, metrics of the last step)``; with ``num_seeds``, each metric is a
     ``[num_seeds]`` array.
   """
-  for name, count in (
-    ("log_every", log_every),
-    ("checkpoint_every", checkpoint_every),
-    ("start_epoch", start_epoch),
-  ):
-    check_count(name, count, minimum=0)
   sizes, steps, local_batch_size, scan_epochs = _check_arguments(
     state, data, model=model, objective=objective, batch_size=batch_size, rng=rng,
     reference=reference, num_devices=num_devices, scan_epochs=scan_epochs,
     num_seeds=num_seeds,
   )  # fmt: skip
+  _check_loop(
+    state,
+    steps,
+    num_epochs=num_epochs,
+    start_epoch=start_epoch,
+    log_every=log_every,
+    checkpoint_every=checkpoint_every,
+    checkpoint=checkpoint,
+  )
   if jax.process_count() > 1:
     rng = seeds_lib.fold_in(rng, jax.process_index())
   shuffle = functools.partial(
@@ -696,6 +699,35 @@ def _check_arguments(
     )
   _check_seeds(num_seeds, scan_epochs, state, rng)
   return sizes, steps, local_batch_size, scan_epochs
+
+
+def _check_loop(
+  state: TrainState,
+  steps: int,
+  *,
+  num_epochs: int,
+  start_epoch: int,
+  log_every: int,
+  checkpoint_every: int,
+  checkpoint: Callable | None,
+) -> None:
+  """The loop's counts; a resumed stage's state at ``start_epoch``'s first step."""
+  for name, count in (
+    ("num_epochs", num_epochs),
+    ("log_every", log_every),
+    ("checkpoint_every", checkpoint_every),
+    ("start_epoch", start_epoch),
+  ):
+    check_count(name, count, minimum=0)
+  if start_epoch > num_epochs:
+    raise ValueError(f"start_epoch {start_epoch} exceeds num_epochs {num_epochs}")
+  if not np.all(np.asarray(jax.device_get(state.step)) == start_epoch * steps):
+    raise ValueError(
+      f"start_epoch {start_epoch} needs a state at step {start_epoch * steps} "
+      f"({steps} steps an epoch), got step {np.asarray(state.step)}"
+    )
+  if checkpoint_every and checkpoint is None:
+    raise ValueError("checkpoint_every needs a checkpoint function")
 
 
 def check_count(name: str, value: Any, *, minimum: int) -> None:

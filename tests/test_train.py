@@ -301,6 +301,24 @@ def test_vmapped_seeds_log_one_value_per_seed():
   assert logged == [(3, (3,)), (6, (3,))]  # 6 steps in all
 
 
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
+    ({"num_epochs": -1}, "num_epochs must be >= 0"),
+    ({"num_epochs": True}, "num_epochs must be an integer"),
+    ({"start_epoch": 3}, "start_epoch 3 exceeds num_epochs 2"),
+    ({"start_epoch": 1}, "start_epoch 1 needs a state at step 6"),
+    ({"checkpoint_every": 2}, "checkpoint_every needs a checkpoint function"),
+    ({"log_every": -1}, "log_every must be >= 0"),
+  ],
+)
+def test_bad_loop_arguments_raise_before_training(kwargs, message):
+  task = helpers.toy_task("t")
+  model, variables = helpers.network(trunks.make_trunk("mlp_tiny"), [task])
+  with pytest.raises(ValueError, match=message):
+    train_toy(make_state(variables, [".*"]), model, task, **kwargs)
+
+
 def test_batch_larger_than_data_raises_before_compiling():
   task = helpers.toy_task("t", num_train=10)
   model, variables = helpers.network(trunks.make_trunk("mlp_tiny"), [task])
