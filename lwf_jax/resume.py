@@ -53,6 +53,7 @@ class Saved:
 
   def __init__(self, manager: ocp.CheckpointManager, step: int, metadata: dict):
     self._manager, self._step, self.metadata = manager, step, metadata
+    self._arrays = None
     self.position = Position(**metadata["position"])
     self.directory = os.path.join(str(manager.directory), str(step))
 
@@ -64,7 +65,13 @@ class Saved:
     )
 
   def arrays(self) -> dict:
-    """The checkpoint's arrays, as nested dicts."""
+    """The checkpoint's arrays, as nested dicts; read and checked once (resuming
+    asks for them three times: the network, the recordings, the train state)."""
+    if self._arrays is None:
+      self._arrays = self._read_arrays()
+    return self._arrays
+
+  def _read_arrays(self) -> dict:
     try:
       restored = self._manager.restore(
         self._step, args=ocp.args.Composite(arrays=ocp.args.StandardRestore())

@@ -208,3 +208,17 @@ def test_changed_bytes_in_an_array_refused(tmp_path):
   largest.write_bytes(bytes(data))
   with pytest.raises(ValueError, match=f"checkpoint at {tmp_path}.* delete that"):
     learn(tmp_path, "lwf", (0,))
+
+
+def test_resuming_mid_stage_reads_the_checkpoint_once(tmp_path, monkeypatch):
+  with monkeypatch.context() as patch:
+    crash_after(patch, 3)  # in task 1's training
+    with pytest.raises(Crash):
+      learn(tmp_path, "lwf", (0,))
+  reads = []
+  original = resume.Saved._read_arrays
+  monkeypatch.setattr(
+    resume.Saved, "_read_arrays", lambda self: reads.append(1) or original(self)
+  )
+  learn(tmp_path, "lwf", (0,))
+  assert len(reads) == 1
